@@ -79,7 +79,7 @@ class ConfChangeType(enum.IntEnum):
     RemoveNode = 2
 
 
-class ProposalDropped(Exception):
+class ProposalDropped(Exception):  # noqa: N818 (a public name others use)
     """A proposal was not accepted; the message says why and what to do.
 
     ``reason`` is a stable machine-readable word: ``"no-leader"``, ``"transferring"``,

@@ -1,0 +1,34 @@
+"""Errors the pure core and its storage contract raise (besides ``ProposalDropped``)."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class for the storage read contract's expected errors."""
+
+
+class CompactedError(StorageError):
+    """The requested index is below ``first_index() - 1``: a snapshot replaced it.
+
+    The leader reacts by sending a snapshot instead of entries; a driver should never see
+    this unless it reads the log itself.
+    """
+
+
+class UnavailableError(StorageError):
+    """The requested index is above ``last_index()``: the entry does not exist (yet)."""
+
+
+class SnapshotTemporarilyUnavailableError(StorageError):
+    """``snapshot()`` cannot produce a snapshot right now (one is being written).
+
+    The leader retries on a later heartbeat; the peer stays in probe state meanwhile.
+    """
+
+
+class SnapshotOutOfDateError(StorageError):
+    """``apply_snapshot`` was given a snapshot older than the one already held."""
+
+
+class ConfChangeError(ValueError):
+    """A membership change that cannot be applied to the current configuration."""
