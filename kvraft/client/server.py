@@ -1,0 +1,463 @@
+"""The client port: ``ClientFactory`` builds one ``ClientProtocol`` per connection.
+
+A connection parses requests (``kvraft.client.resp``), checks them
+(``kvraft.client.commands``), answers connection commands itself
+(``kvraft.client.local``) and hands the rest to the node (``IClientBackend``). Replies
+go out in request order although the backend completes requests in any order.
+
+Replies are grouped in *bursts*: the commands parsed from one piece of input. A burst
+is written with one ``transport.write`` once all its replies are ready (several ready
+bursts go out in one write too), so a pipeline of 16 commands read at once costs one
+write, not 16.
+
+Flow control (why it pauses rather than errors): a connection holds at most
+``pending_requests_max`` parsed-but-unanswered requests and ``pending_bytes_max`` bytes
+of their arguments and replies. At the limit it stops reading
+(``transport.pauseProducing()``): the kernel's socket buffers fill and TCP slows the
+client down, which is what a deep but legitimate pipeline (``redis-benchmark -P 1000``)
+needs; an error would break such clients. Reading resumes as replies are written. The
+connection is also the producer for its own transport: when the client does not read
+its replies, the transport pauses us and we stop reading requests, so a client that
+never reads cannot make the node buffer replies without bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from kvraft.client import local
+from kvraft.client.backend import AllowAll, IClientACL, IClientBackend
+from kvraft.client.commands import Route, resolve
+from kvraft.client.errors import BackendError, InvalidCommandError, ProtocolError
+from kvraft.client.resp import (
+    RespParser,
+    args_max_default,
+    bulk_bytes_max_default,
+    encode_error,
+    encode_reply,
+    line_bytes_max_default,
+    request_bytes_max_default,
+)
+
+log = Logger(namespace="kvraft.client")
+
+MAX_CLIENTS_REPLY = b"-ERR max number of clients reached\r\n"
+INTERNAL_ERROR = (
+    "ERR internal error: the node failed to run this command (logged for the operator); "
+    "retry, and report it if it persists")
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """Every limit of the client port (DESIGN.md section 4). Sizes in bytes."""
+
+    line_bytes_max: int = line_bytes_max_default
+    """Longest inline command line or RESP header line."""
+    bulk_bytes_max: int = bulk_bytes_max_default
+    """Largest single argument; a larger ``$<length>`` header is refused unread."""
+    args_max: int = args_max_default
+    """Most arguments in one command."""
+    request_bytes_max: int = request_bytes_max_default
+    """Most argument bytes in one command (at least ``bulk_bytes_max``)."""
+    pending_requests_max: int = 1024
+    """Requests parsed but not yet answered, per connection; beyond it reading pauses."""
+    pending_bytes_max: int = 64 * 1024 * 1024
+    """Argument and reply bytes of those requests, per connection; beyond it reading
+    pauses. A connection holds at most this plus one request."""
+    connections_max: int = 10000
+    """Open client connections per listener; more are answered
+    ``-ERR max number of clients reached`` and closed."""
+    idle_timeout_s: float = 0.0
+    """Close a connection that sent nothing for this long and awaits no reply; 0 = never
+    (Redis' default too: connection pools keep idle connections open on purpose)."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "idle_timeout_s":
+                if value < 0:
+                    raise ValueError(f"idle_timeout_s must be 0 (never) or more, not {value}")
+            elif value < 1:
+                raise ValueError(f"{field.name} must be at least 1, not {value}")
+        if self.request_bytes_max < self.bulk_bytes_max:
+            raise ValueError(
+                f"request_bytes_max ({self.request_bytes_max}) must be at least "
+                f"bulk_bytes_max ({self.bulk_bytes_max})")
+
+    @classmethod
+    def from_settings(cls, settings: object) -> ClientLimits:
+        """Limits taken from any object with same-named attributes (such as
+        ``kvraft.config.ClientSettings``); missing ones keep their defaults."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: getattr(settings, n) for n in names if hasattr(settings, n)})
+
+
+@dataclass
+class ClientStats:
+    """Counters of one listener, for metrics."""
+
+    connections_accepted: int = 0
+    connections_refused: int = 0
+    commands: int = 0
+    protocol_errors: int = 0
+    internal_errors: int = 0
+    idle_closed: int = 0
+
+
+class _Burst:
+    """The replies of the requests parsed from one piece of input, in request order."""
+
+    __slots__ = ("replies", "pending", "bytes", "close")
+
+    def __init__(self) -> None:
+        self.replies: list[bytes | None] = []
+        self.pending = 0  # replies still awaited from the backend
+        self.bytes = 0  # request and reply bytes held, for pending_bytes_max
+        self.close = False  # the last reply closes the connection
+
+
+@implementer(IPushProducer)
+class ClientProtocol(Protocol):
+    """One client connection. Built by ``ClientFactory``; the node may set
+    ``identity`` (the TLS client certificate's CN) before the first command, or give the
+    factory an ``identify`` hook that does it."""
+
+    def __init__(self, factory: ClientFactory, client_id: int) -> None:
+        self.factory = factory
+        self.client_id = client_id
+        """Unique per listener (CLIENT ID)."""
+        self.identity: str | None = None
+        """Who the client is (TLS client certificate CN), for the ACL."""
+        self.name = b""
+        self.lib_name = b""
+        self.lib_ver = b""
+        self.readonly = False
+        """READONLY: reads may be served from this node's possibly stale state."""
+        self.last_command = b"NULL"
+        limits = factory.limits
+        self._limits = limits
+        self._parser = RespParser(limits.line_bytes_max, limits.bulk_bytes_max,
+                                  limits.args_max, limits.request_bytes_max)
+        self._clock = factory.clock
+        self.created_s = self._clock.seconds()
+        self.active_s = self.created_s
+        """When the client last sent something or was last answered."""
+        self._bursts: deque[_Burst] = deque()
+        self._unwritten = 0  # requests parsed and not yet written back
+        self._unwritten_bytes = 0
+        self._awaiting = 0  # requests waiting for the backend
+        self._pumping = False
+        self._reading_paused = False
+        self._output_paused = False
+        self._closing = False  # the last reply is queued: read and run nothing more
+        self._lost = False
+        self._hung_up = False  # we called loseConnection
+        self._identified = False
+        self._idle_call = None
+
+    # -- connection events ---------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.factory.connection_made(self)
+        self.transport.registerProducer(self, True)
+        if self._limits.idle_timeout_s > 0:
+            self._idle_call = self._clock.callLater(self._limits.idle_timeout_s,
+                                                    self._check_idle)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._lost = True
+        self._bursts.clear()
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+        self.factory.connection_lost(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.active_s = self._clock.seconds()
+        if not self._identified:
+            self._identify()
+        self._parser.feed(data)
+        self._pump()
+
+    # -- IPushProducer: the transport tells us when its write buffer is full --------------
+
+    def pauseProducing(self) -> None:
+        """The client is not reading its replies: stop reading its requests."""
+        self._output_paused = True
+        self._update_reading()
+
+    def resumeProducing(self) -> None:
+        """The client caught up: carry on with buffered requests, then read again."""
+        self._output_paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        """The transport is going away; ``connectionLost`` does the cleanup."""
+
+    # -- the request pipeline ------------------------------------------------------------
+
+    @property
+    def pending_requests(self) -> int:
+        """Requests parsed and not yet answered on the wire."""
+        return self._unwritten
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes this connection holds: unparsed input, and the requests and replies not
+        yet written."""
+        return self._parser.buffered_bytes + self._unwritten_bytes
+
+    def _room(self) -> int:
+        if self._unwritten_bytes >= self._limits.pending_bytes_max:
+            return 0
+        return self._limits.pending_requests_max - self._unwritten
+
+    def _pump(self) -> None:
+        """Write what is ready, then parse and dispatch what the limits allow."""
+        if self._pumping or self._lost:
+            return  # the running pump picks up whatever changed
+        self._pumping = True
+        try:
+            while True:
+                self._flush()
+                if self._closing or self._output_paused or self._lost:
+                    break
+                room = self._room()
+                if room <= 0:
+                    break
+                try:
+                    commands = self._parser.take(room)
+                except ProtocolError as e:
+                    self._protocol_error(e)
+                    continue
+                if not commands:
+                    break
+                burst = _Burst()
+                self._bursts.append(burst)
+                for args in commands:
+                    self._dispatch(burst, args)
+                    if self._closing:
+                        break
+        finally:
+            self._pumping = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self._lost or self._hung_up:
+            return
+        paused = self._closing or self._output_paused or self._room() <= 0
+        if paused != self._reading_paused:
+            self._reading_paused = paused
+            if paused:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
+
+    def _flush(self) -> None:
+        """Write every complete burst at the head, in one write."""
+        bursts = self._bursts
+        parts: list[bytes] = []
+        close = False
+        while bursts and not bursts[0].pending:
+            burst = bursts.popleft()
+            parts += burst.replies
+            self._unwritten -= len(burst.replies)
+            self._unwritten_bytes -= burst.bytes
+            if burst.close:
+                close = True
+                break
+        if parts:
+            self.active_s = self._clock.seconds()
+            self.transport.write(b"".join(parts))
+        if close:
+            self._hung_up = True
+            self.transport.loseConnection()
+
+    def _dispatch(self, burst: _Burst, args: list[bytes]) -> None:
+        index = len(burst.replies)
+        burst.replies.append(None)
+        size = sum(map(len, args))
+        burst.bytes += size
+        self._unwritten += 1
+        self._unwritten_bytes += size
+        self.factory.stats.commands += 1
+        try:
+            spec, command = resolve(args)
+            self.last_command = command[0]
+            if not self.factory.acl.authorize(self.identity, spec.flags):
+                raise InvalidCommandError(
+                    f"NOPERM this user has no permissions to run the '{spec.name}' command")
+            route = spec.route
+            if route is Route.LOCAL:
+                if spec.name == "quit":
+                    data = local.OK
+                    burst.close = self._closing = True
+                else:
+                    data = local.run(self, command)
+            else:
+                backend = self.factory.backend
+                if route is Route.READ:
+                    result = backend.read(command, not self.readonly)
+                elif route is Route.WRITE:
+                    result = backend.write(command)
+                else:
+                    result = backend.admin(command)
+                if isinstance(result, Deferred):
+                    burst.pending += 1
+                    self._awaiting += 1
+                    result.addCallbacks(self._on_result, self._on_failure,
+                                        (burst, index), None, (burst, index))
+                    return
+                data = self._encode(result)
+        except InvalidCommandError as e:
+            data = encode_error(str(e))
+        except Exception as e:
+            data = self._error_reply(e)
+        burst.replies[index] = data
+        burst.bytes += len(data)
+        self._unwritten_bytes += len(data)
+
+    def _on_result(self, result: object, burst: _Burst, index: int) -> None:
+        self._complete(burst, index, self._encode(result))
+
+    def _on_failure(self, failure: Failure, burst: _Burst, index: int) -> None:
+        self._complete(burst, index, self._error_reply(failure.value, failure))
+
+    def _complete(self, burst: _Burst, index: int, data: bytes) -> None:
+        self._awaiting -= 1
+        if self._lost:
+            return
+        burst.replies[index] = data
+        burst.pending -= 1
+        burst.bytes += len(data)
+        self._unwritten_bytes += len(data)
+        if not burst.pending and not self._pumping:
+            self._pump()
+
+    def _encode(self, result: object) -> bytes:
+        try:
+            return encode_reply(result)
+        except Exception as e:
+            return self._error_reply(e)
+
+    def _error_reply(self, error: BaseException, failure: Failure | None = None) -> bytes:
+        if isinstance(error, BackendError):
+            return encode_error(error.reply_line())
+        self.factory.stats.internal_errors += 1
+        log.failure("client {client_id}: unexpected error serving {command!r}",
+                    failure or Failure(error), client_id=self.client_id,
+                    command=self.last_command)
+        return encode_error(INTERNAL_ERROR)
+
+    def _protocol_error(self, error: ProtocolError) -> None:
+        """Answer the error after every earlier reply, then close: the stream position
+        of the next command is unknown, as in Redis."""
+        self.factory.stats.protocol_errors += 1
+        log.debug("client {client_id}: {error}", client_id=self.client_id, error=error)
+        burst = _Burst()
+        burst.replies.append(encode_error(f"ERR {error}"))
+        burst.close = self._closing = True
+        self._bursts.append(burst)
+        self._unwritten += 1
+
+    # -- identity and idleness -----------------------------------------------------------
+
+    def _identify(self) -> None:
+        self._identified = True
+        identify = self.factory.identify
+        if identify is None or self.identity is not None:
+            return
+        try:
+            self.identity = identify(self)
+        except Exception:
+            log.failure("client {client_id}: could not establish the client's identity",
+                        client_id=self.client_id)
+
+    def _check_idle(self) -> None:
+        timeout = self._limits.idle_timeout_s
+        idle_s = self._clock.seconds() - self.active_s
+        if self._awaiting or idle_s < timeout:
+            # Busy on our side, or active since: look again when it could be idle.
+            self._idle_call = self._clock.callLater(max(timeout - idle_s, 0.001),
+                                                    self._check_idle)
+            return
+        self._idle_call = None
+        self.factory.stats.idle_closed += 1
+        log.debug("client {client_id}: closing after {idle:.0f} s idle",
+                  client_id=self.client_id, idle=idle_s)
+        self._hung_up = self._closing = True
+        if self._output_paused:
+            self.transport.abortConnection()  # its unread replies would never drain
+        else:
+            self.transport.loseConnection()
+
+
+class _RefusedProtocol(Protocol):
+    """Tells a client over ``connections_max`` why, then hangs up (as Redis does)."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(MAX_CLIENTS_REPLY)
+        self.transport.loseConnection()
+
+
+class ClientFactory(Factory):
+    """Builds the connections of one client listener.
+
+    ``backend`` provides ``IClientBackend``; ``acl`` provides ``IClientACL`` (default:
+    allow everything); ``clock`` is an ``IReactorTime`` (default: the global reactor);
+    ``identify(protocol) -> str | None`` is called once per connection, when its first
+    bytes arrive (TLS is established by then), to set ``protocol.identity``.
+    """
+
+    protocol = ClientProtocol
+
+    def __init__(self, backend: IClientBackend, limits: ClientLimits | None = None,
+                 acl: IClientACL | None = None, clock: object | None = None,
+                 identify: Callable[[ClientProtocol], str | None] | None = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.backend = backend
+        self.limits = limits if limits is not None else ClientLimits()
+        self.acl = acl if acl is not None else AllowAll()
+        self.clock = clock
+        self.identify = identify
+        self.stats = ClientStats()
+        self.connections: dict[int, ClientProtocol] = {}
+        """Open connections by client id."""
+        self.started_s = clock.seconds()
+        self.process_id = os.getpid()
+        self._last_id = 0
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        if len(self.connections) >= self.limits.connections_max:
+            self.stats.connections_refused += 1
+            log.warn("refusing a client from {addr}: connections_max ({max}) reached",
+                     addr=addr, max=self.limits.connections_max)
+            refused = _RefusedProtocol()
+            refused.factory = self
+            return refused
+        self._last_id += 1
+        protocol = self.protocol(self, self._last_id)
+        return protocol
+
+    def connection_made(self, protocol: ClientProtocol) -> None:
+        """Count an open connection (called by ``ClientProtocol.connectionMade``)."""
+        self.stats.connections_accepted += 1
+        self.connections[protocol.client_id] = protocol
+
+    def connection_lost(self, protocol: ClientProtocol) -> None:
+        """Forget a closed connection (called by ``ClientProtocol.connectionLost``)."""
+        self.connections.pop(protocol.client_id, None)
