@@ -1,0 +1,262 @@
+"""One WAL segment file: its records' offsets, appends, cuts, reads and the open scan."""
+
+from __future__ import annotations
+
+import os
+from array import array
+from dataclasses import dataclass, field
+
+from twisted.logger import Logger
+
+from kvraft.raft.types import Entry
+from kvraft.storage import fsutil
+from kvraft.storage.errors import RESTORE_ADVICE, CorruptLogError, StorageError
+from kvraft.storage.records import (
+    SEGMENT_HEADER,
+    RecordError,
+    decode_entry,
+    decode_segment_header,
+    decode_term_index,
+    encode_segment_header,
+    read_record,
+    segment_name,
+)
+
+log = Logger()
+
+
+@dataclass
+class ScanResult:
+    """What ``Segment.scan`` found: the terms of its records and, for the last segment,
+    a torn tail that was cut off."""
+
+    terms: array = field(default_factory=lambda: array("Q"))
+    torn_offset: int | None = None
+    torn_reason: str = ""
+    torn_bytes: int = 0
+
+
+class Segment:
+    """A segment file holding entries ``first_index .. first_index + count - 1``.
+
+    ``offsets[k]`` is the byte offset of the record of entry ``first_index + k``; records
+    are back to back, the last one ends at ``end`` (the file size once written).
+    ``dirty`` is True while bytes written since the last ``sync`` may not be durable.
+    """
+
+    def __init__(self, path: str, fd: int, generation: int, first_index: int, end: int):
+        self.path = path
+        self.fd = fd
+        self.generation = generation
+        self.first_index = first_index
+        self.offsets = array("Q")
+        self.end = end
+        self.dirty = False
+
+    def __repr__(self) -> str:
+        return f"<Segment {os.path.basename(self.path)} entries={len(self.offsets)}>"
+
+    @property
+    def count(self) -> int:
+        """Number of records."""
+        return len(self.offsets)
+
+    @property
+    def last_index(self) -> int:
+        """Index of the last record (``first_index - 1`` when empty)."""
+        return self.first_index + len(self.offsets) - 1
+
+    # -- creating and opening ----------------------------------------------------------
+
+    @classmethod
+    def create(cls, directory: str, generation: int, first_index: int) -> Segment:
+        """A new empty segment, published atomically: header written and fsynced under a
+        temporary name, renamed, directory fsynced. A segment file therefore always has
+        a complete header."""
+        path = os.path.join(directory, segment_name(first_index))
+        tmp = path + ".tmp"
+        header = encode_segment_header(generation, first_index)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            fsutil.pwrite_all(fd, header, 0)
+            fsutil.fdatasync(fd)
+            os.replace(tmp, path)
+            fsutil.fsync_dir(directory)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd, generation, first_index, len(header))
+
+    @classmethod
+    def open(cls, path: str) -> Segment:
+        """Open an existing segment and check its header (``CorruptLogError`` if bad)."""
+        fd = os.open(path, os.O_RDWR)
+        try:
+            header = fsutil.pread_exact(fd, SEGMENT_HEADER.size, 0)
+            generation, first_index = decode_segment_header(header)
+        except ValueError as e:
+            os.close(fd)
+            raise CorruptLogError(f"WAL segment {path}: {e} (byte offset 0). "
+                                  f"To recover, {RESTORE_ADVICE}.") from None
+        return cls(path, fd, generation, first_index, SEGMENT_HEADER.size)
+
+    def scan(self, is_last: bool, previous_term: int) -> ScanResult:
+        """Read every record, check checksums, index continuity and term order, and fill
+        ``offsets``. In the last segment a torn tail is cut off (durably) and reported;
+        anything else wrong raises ``CorruptLogError`` naming the file and offset."""
+        data = memoryview(fsutil.pread_exact(self.fd, os.fstat(self.fd).st_size, 0))
+        result = ScanResult()
+        pos = SEGMENT_HEADER.size
+        expected = self.first_index
+        while pos < len(data):
+            try:
+                payload, end = read_record(data, pos)
+            except RecordError as e:
+                if is_last and self._is_torn(data, pos, e):
+                    result.torn_offset, result.torn_reason = pos, str(e)
+                    result.torn_bytes = len(data) - pos
+                    self._cut_torn_tail(pos, result)
+                    break
+                raise self._corrupt(pos, f"{e}, and more data follows it") from None
+            try:
+                term, index = decode_term_index(payload)
+            except ValueError as e:
+                raise self._corrupt(pos, str(e)) from None
+            if index != expected:
+                raise self._corrupt(pos, f"a record for index {index} where index "
+                                         f"{expected} belongs")
+            if term < previous_term:
+                raise self._corrupt(pos, f"entry {index} has term {term}, below the term "
+                                         f"{previous_term} before it")
+            self.offsets.append(pos)
+            result.terms.append(term)
+            previous_term = term
+            expected += 1
+            pos = end
+        self.end = pos
+        return result
+
+    @staticmethod
+    def _is_torn(data: memoryview, pos: int, error: RecordError) -> bool:
+        # A crash mid-write leaves the final record short, or complete but with a bad
+        # checksum, or (filesystems that zero-fill an extended file) followed by zeros
+        # only. Anything with intact-looking data after it is corruption, not a tear.
+        if error.incomplete or error.end == len(data):
+            return True
+        return not bytes(data[pos:]).strip(b"\x00")
+
+    def _cut_torn_tail(self, pos: int, result: ScanResult) -> None:
+        os.ftruncate(self.fd, pos)
+        fsutil.fdatasync(self.fd)
+        log.warn("WAL segment {path}: cut off a torn record at byte offset {offset} "
+                 "({reason}; {dropped} bytes dropped). The last write before a crash did "
+                 "not complete; entries synced before it are intact.",
+                 path=self.path, offset=pos, reason=result.torn_reason,
+                 dropped=result.torn_bytes)
+
+    def _corrupt(self, pos: int, what: str) -> CorruptLogError:
+        return CorruptLogError(
+            f"WAL segment {self.path} is corrupt at byte offset {pos}: {what}. The entries "
+            f"from there on cannot be trusted and this node's log cannot be repaired in "
+            f"place. To recover, {RESTORE_ADVICE}.")
+
+    # -- writing -------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray, offsets: list[int]) -> None:
+        """Append ``data`` (records starting at ``offsets``) at the end: one system
+        call for a whole batch. Not durable until ``sync``."""
+        fsutil.pwrite_all(self.fd, data, self.end)
+        self.offsets.extend(offsets)
+        self.end += len(data)
+        self.dirty = True
+
+    def sync(self) -> None:
+        """fdatasync the file if anything was written since the last sync."""
+        if self.dirty:
+            fsutil.fdatasync(self.fd)
+            self.dirty = False
+
+    def truncate(self, index: int) -> None:
+        """Durably drop the records of ``index`` and later: the cut is on disk before
+        this returns, so no later write can land next to stale records."""
+        keep = index - self.first_index
+        new_end = self.offsets[keep] if keep < len(self.offsets) else self.end
+        os.ftruncate(self.fd, new_end)
+        fsutil.fdatasync(self.fd)
+        del self.offsets[keep:]
+        self.end = new_end
+        self.dirty = False
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _offset(self, k: int) -> int:
+        return self.offsets[k] if k < len(self.offsets) else self.end
+
+    def read(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
+        """Entries ``[lo, hi)`` from this file. With ``max_bytes``, stop after the first
+        entry that takes the ``Entry.size()`` total over it (the caller trims). A record
+        is always larger on disk than its ``size()``, so a window of records whose disk
+        bytes fit the remaining budget never overshoots by more than one entry."""
+        k, k_end = lo - self.first_index, hi - self.first_index
+        assert 0 <= k <= k_end <= len(self.offsets), (lo, hi, self)
+        out: list[Entry] = []
+        used = 0
+        while k < k_end:
+            j = k_end
+            if max_bytes is not None:
+                budget, start, j = max_bytes - used, self.offsets[k], k + 1
+                while j < k_end and self._offset(j + 1) - start <= budget:
+                    j += 1
+            entries = self._read_window(k, j)
+            if max_bytes is None:
+                return entries
+            for entry in entries:
+                out.append(entry)
+                used += entry.size()
+                if used > max_bytes:
+                    return out
+            k = j
+        return out
+
+    def _read_window(self, k: int, j: int) -> list[Entry]:
+        start = self.offsets[k]
+        data = memoryview(fsutil.pread_exact(self.fd, self._offset(j) - start, start))
+        out = []
+        pos = 0
+        expected = self.first_index + k
+        while pos < len(data):
+            try:
+                payload, end = read_record(data, pos)
+                entry = decode_entry(payload)
+            except ValueError as e:
+                raise self._corrupt(start + pos, f"{e} (found on read)") from None
+            if entry.index != expected:
+                raise self._corrupt(start + pos, f"a record for index {entry.index} where "
+                                                 f"index {expected} belongs (found on read)")
+            out.append(entry)
+            expected += 1
+            pos = end
+        return out
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def remove(self) -> None:
+        """Close and unlink the file (the caller fsyncs the directory if it must)."""
+        self.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def storage_error(action: str, path: str, error: OSError) -> StorageError:
+    """An operator-facing error for a failed system call on ``path``."""
+    return StorageError(
+        f"could not {action} {path}: {error.strerror or error}. The WAL stops accepting "
+        "writes: entries not yet synced may be lost and the page cache can no longer be "
+        "trusted after a failed write or fsync. Fix the cause (disk full? failing disk?) "
+        "and restart the node; it recovers from what is on disk.")
