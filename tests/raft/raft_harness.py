@@ -16,6 +16,8 @@ from kvraft.raft import (
     ReadState,
     Role,
     decode_conf_change,
+    describe_message,
+    describe_ready,
 )
 
 
@@ -47,7 +49,8 @@ class Cluster:
         self.read_states: dict[str, list[ReadState]] = {i: [] for i in self.ids}
         self.cut: set[tuple[str, str]] = set()
         self.down: set[str] = set()
-        self.log: list[str] = []  # optional trace hook
+        self.trace: list[str] | None = None  # describe_* lines when set
+        self.intercept = None  # optional Message -> Message | None, applied on delivery
 
     # -- topology -----------------------------------------------------------------------
 
@@ -95,6 +98,9 @@ class Cluster:
         while core.has_ready():
             moved = True
             rd = core.ready()
+            if self.trace is not None:
+                self.trace.append(f"> {node} handling Ready")
+                self.trace.extend("  " + line for line in describe_ready(rd).splitlines())
             self.inflight.extend(rd.messages)
             if rd.snapshot is not None:
                 storage.apply_snapshot(rd.snapshot)
@@ -113,18 +119,34 @@ class Cluster:
         return moved
 
     def deliver(self, msgs: list[Message] | None = None) -> bool:
-        """Deliver queued messages (dropping those across a cut); True if any arrived."""
+        """Deliver queued messages, recipient by recipient in id order (each sender's
+        order kept); drop those across a cut or to/from a down node, and pass the rest
+        through ``intercept`` (which may return a changed message, or None to drop).
+        True if any arrived."""
         batch = self.inflight if msgs is None else msgs
         if msgs is None:
             self.inflight = []
         delivered = False
-        for m in batch:
-            if (m.frm, m.to) in self.cut or m.to in self.down or m.frm in self.down:
+        for node in self.ids:
+            mine = [m for m in batch if m.to == node]
+            if not mine:
                 continue
-            if m.to not in self.cores:
-                continue
-            self.cores[m.to].step(copy.deepcopy(m))
-            delivered = True
+            if self.trace is not None:
+                self.trace.append(f"> {node} receiving messages")
+            for original in mine:
+                m = original
+                dropped = ((m.frm, m.to) in self.cut or m.to in self.down
+                           or m.frm in self.down)
+                if not dropped and self.intercept is not None:
+                    m = self.intercept(copy.deepcopy(m))
+                    dropped = m is None
+                if self.trace is not None:
+                    prefix = "  dropped: " if dropped else "  "
+                    self.trace.append(prefix + describe_message(original if dropped else m))
+                if dropped:
+                    continue
+                self.cores[node].step(copy.deepcopy(m))
+                delivered = True
         return delivered
 
     def stabilize(self, rounds_max: int = 1000) -> None:
@@ -159,3 +181,31 @@ class Cluster:
 
     def msgs_of(self, kind: MsgType) -> list[Message]:
         return [m for m in self.inflight if m.type == kind]
+
+
+def persist_and_advance(core: RaftCore, storage: MemoryStorage) -> list[Message]:
+    """Handle every Ready of a lone core (persist, 'apply', advance); return everything it
+    sent, messages before messages_after_persist, Ready by Ready."""
+    sent: list[Message] = []
+    while core.has_ready():
+        rd = core.ready()
+        sent.extend(rd.messages)
+        if rd.snapshot is not None:
+            storage.apply_snapshot(rd.snapshot)
+        storage.append(rd.entries)
+        if rd.hard_state is not None:
+            storage.set_hard_state(rd.hard_state)
+        sent.extend(rd.messages_after_persist)
+        core.advance(rd)
+        core.check_invariants()
+    return sent
+
+
+def storage_with(entries: list[tuple[int, int]], term: int = 0, vote: str = "",
+                 commit: int = 0) -> MemoryStorage:
+    """A MemoryStorage holding entries given as (index, term), and a hard state."""
+    from kvraft.raft import Entry, HardState
+    s = MemoryStorage()
+    s.append([Entry(term=t, index=i, data=b"e%d" % i) for i, t in entries])
+    s.set_hard_state(HardState(term=term, vote=vote, commit=commit))
+    return s
