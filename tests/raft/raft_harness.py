@@ -80,6 +80,16 @@ class Cluster:
         self.read_states[node] = []
         return self.cores[node]
 
+    def restart(self, node: str) -> RaftCore:
+        """Crash and restart ``node``: a new core over the same (durable) storage,
+        resuming from the last applied index."""
+        applied = self.applied[node][-1].index if self.applied[node] else 0
+        voters = self.cores[node].config.voters
+        self.cores[node] = make_core(node, voters, self.storage[node], applied=applied,
+                                     **self.overrides)
+        self.inflight = [m for m in self.inflight if m.frm != node]
+        return self.cores[node]
+
     # -- driving ------------------------------------------------------------------------
 
     def core(self, node: str) -> RaftCore:
