@@ -67,7 +67,7 @@ from kvraft.raft.confchange import (
     encode_conf_change,
 )
 from kvraft.raft.config import RaftConfig, SplitMix64
-from kvraft.raft.core import TRANSFER_CONTEXT, RaftCore
+from kvraft.raft.core import AFTER_PERSIST_TYPES, TRANSFER_CONTEXT, RaftCore
 from kvraft.raft.describe import (
     describe_conf_state,
     describe_entry,
@@ -107,7 +107,8 @@ from kvraft.raft.types import (
 )
 
 __all__ = [
-    "NONE", "TRANSFER_CONTEXT", "CompactedError", "ConfChange", "ConfChangeError",
+    "AFTER_PERSIST_TYPES", "NONE", "TRANSFER_CONTEXT", "CompactedError", "ConfChange",
+    "ConfChangeError",
     "ConfChangeSingle", "ConfChangeType", "ConfState", "Entry", "EntryType", "HardState",
     "MemoryStorage", "Message", "MsgType", "NodeId", "ProgressState", "ProposalDropped",
     "RaftConfig", "RaftCore", "ReadState", "Ready", "Role", "Snapshot", "SnapshotMetadata",
