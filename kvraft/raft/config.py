@@ -50,7 +50,9 @@ class RaftConfig:
     """Configuration of one RaftCore. Limits are named with their unit last.
 
     ``voters``/``learners`` bootstrap a new cluster; a node whose storage already holds
-    a configuration (``initial_state()`` returns a non-empty ConfState) uses that one.
+    a configuration (``initial_state()`` returns a non-empty ConfState) uses that one. A
+    node joining a running cluster lists the cluster's current voters (not itself): it
+    learns of its own addition by applying the ConfChange entry, or from a snapshot.
     """
 
     id: NodeId

@@ -61,7 +61,8 @@ class RaftCore(LeaderMixin):
         if conf_state is None or not (conf_state.voters or conf_state.voters_outgoing):
             if not config.voters:
                 raise ValueError("no cluster configuration: storage holds none and "
-                                 "RaftConfig.voters is empty; list the initial voters")
+                                 "RaftConfig.voters is empty; list the initial voters (a "
+                                 "node joining a cluster lists the current voters)")
             conf_state = ConfState(voters=config.voters, learners=config.learners)
         self.tracker = ProgressTracker(config.max_inflight_msgs)
         self.tracker.set_config(conf_state, self.log.last_index())

@@ -47,6 +47,7 @@ class Cluster:
         self.inflight: list[Message] = []  # sent, not yet delivered
         self.applied: dict[str, list] = {i: [] for i in self.ids}
         self.read_states: dict[str, list[ReadState]] = {i: [] for i in self.ids}
+        self.snapshots_installed: dict[str, list] = {i: [] for i in self.ids}
         self.cut: set[tuple[str, str]] = set()
         self.down: set[str] = set()
         self.trace: list[str] | None = None  # describe_* lines when set
@@ -78,12 +79,14 @@ class Cluster:
         self.cores[node] = make_core(node, voters, self.storage[node], **self.overrides)
         self.applied[node] = []
         self.read_states[node] = []
+        self.snapshots_installed[node] = []
         return self.cores[node]
 
     def restart(self, node: str) -> RaftCore:
         """Crash and restart ``node``: a new core over the same (durable) storage,
         resuming from the last applied index."""
-        applied = self.applied[node][-1].index if self.applied[node] else 0
+        applied = max(self.applied[node][-1].index if self.applied[node] else 0,
+                      self.storage[node].snapshot().metadata.index)
         voters = self.cores[node].config.voters
         self.cores[node] = make_core(node, voters, self.storage[node], applied=applied,
                                      **self.overrides)
@@ -114,6 +117,7 @@ class Cluster:
             self.inflight.extend(rd.messages)
             if rd.snapshot is not None:
                 storage.apply_snapshot(rd.snapshot)
+                self.snapshots_installed[node].append(rd.snapshot)
             if rd.entries:
                 storage.append(rd.entries)
             if rd.hard_state is not None:
@@ -188,6 +192,14 @@ class Cluster:
         """Payloads of applied normal, non-empty entries."""
         return [e.data for e in self.applied[node]
                 if e.type == EntryType.Normal and e.data]
+
+    def compact(self, node: str, data: bytes = b"") -> int:
+        """Snapshot ``node`` at its applied index and compact its log there."""
+        index = self.cores[node].log.applied
+        storage = self.storage[node]
+        storage.create_snapshot(index, self.cores[node].tracker.conf_state(), data)
+        storage.compact(index)
+        return index
 
     def msgs_of(self, kind: MsgType) -> list[Message]:
         return [m for m in self.inflight if m.type == kind]
