@@ -15,9 +15,11 @@ Durability rules, each one a crash-safety argument:
   one is published with a complete, fsynced header (temp file, rename, fsync dir), so on
   open only the last segment may have a torn tail, and every segment has a valid header.
 * A truncation (``append`` replacing a conflicting suffix) is durable before the new
-  entries are written: later segments are unlinked and the directory fsynced first, then
-  the cut segment is ftruncated and fdatasynced. Without that, new records could reach
-  the disk while the cut did not, and stale entries would reappear behind them.
+  entries are written: later segments are unlinked newest first, each unlink made
+  durable (directory fsync) before the next, then the cut segment is ftruncated and
+  fdatasynced; a crash part way leaves a shorter log without holes. Without that, new
+  records could reach the disk while the cut did not, and stale entries would reappear
+  behind them.
 * ``compact`` syncs the log, then records the new log start in ``state``, then unlinks
   whole segments below it; leftovers of an interrupted compaction are removed on open.
 * ``reset`` first writes ``state`` with the new log start and a new generation, then
@@ -230,7 +232,7 @@ class WalLogStore(IndexedLog):
 
     def append(self, entries: Sequence[Entry]) -> None:
         """Append contiguous entries; a conflicting suffix is first cut durably (one
-        fdatasync and possibly one directory fsync, only when truncating)."""
+        fdatasync, plus one directory fsync per dropped segment: only when truncating)."""
         if not entries:
             return
         self._check_usable()
@@ -269,11 +271,12 @@ class WalLogStore(IndexedLog):
     def _truncate(self, index: int) -> None:
         n = bisect.bisect_right(self._firsts, index) - 1
         try:
-            later = self._segments[n + 1:]
-            for segment in later:
-                segment.remove()
-            del self._segments[n + 1:], self._firsts[n + 1:]
-            if later:
+            # Newest first, each unlink durable before the next: a crash part way leaves
+            # a shorter but gap-free log, never a hole with stale segments behind it.
+            while len(self._segments) > n + 1:
+                self._segments[-1].remove()
+                self._segments.pop()
+                self._firsts.pop()
                 fsutil.fsync_dir(self._dir)
             self._segments[n].truncate(index)
         except OSError as e:
