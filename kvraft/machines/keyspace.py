@@ -93,14 +93,17 @@ class KeySpace:
         return len(self._base) if self._delta is None else self._count
 
     def keys(self) -> Iterator[bytes]:
-        """Every live key, in no promised order. Do not write while iterating."""
+        """Every live key in replicated order (as ``items``), without copying the map;
+        O(len(delta)) setup while frozen. Do not write while iterating."""
         delta = self._delta
         if delta is None:
             return iter(self._base)
-        return chain(
-            filterfalse(delta.__contains__, self._base),
-            (key for key, value in delta.items() if value),
-        )
+        base, moved = self._base, self._moved
+        # Base keys that left their place: deleted, or deleted and written again (last).
+        displaced = moved.union(key for key, value in delta.items() if not value)
+        appended = [key for key, value in delta.items()
+                    if value and (key in moved or key not in base)]
+        return chain(filterfalse(displaced.__contains__, base), appended)
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every live item in replicated order. O(n) copy while frozen (tests, restore)."""
