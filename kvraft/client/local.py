@@ -5,6 +5,11 @@ handled by the connection, since it closes it). Each handler takes the connectio
 the normalized command and returns the encoded reply; bad arguments raise
 ``InvalidCommandError`` with Redis' text.
 
+HELLO 2 and HELLO 3 are both accepted: redis-py 8 opens every connection with HELLO 3
+and gives up if refused. Our replies use only types both versions share, except null
+(``$-1`` / ``_``) and maps (HELLO, CONFIG GET, COMMAND DOCS); the connection encodes
+them for its version.
+
 Compatibility: HELLO and INFO report ``redis_version`` ``7.0.0`` (the protocol level we
 emulate, so client libraries enable what they should) next to ``kvraft_version``.
 """
@@ -24,7 +29,7 @@ from kvraft.client.commands import (
     unknown_subcommand_error,
 )
 from kvraft.client.errors import InvalidCommandError
-from kvraft.client.resp import EMPTY_ARRAY, NIL, OK, PONG, encode_reply
+from kvraft.client.resp import NIL, NULL, OK, PONG, RespMap, encode_reply
 from kvraft.results import Status
 
 if TYPE_CHECKING:
@@ -76,12 +81,13 @@ def _readwrite(conn: ClientProtocol, command: list[bytes]) -> bytes:
 
 
 def _hello(conn: ClientProtocol, command: list[bytes]) -> bytes:
+    version = conn.protocol_version
     if len(command) > 1:
         version = parse_int64(command[1])
         if version is None:
             raise InvalidCommandError(
                 "ERR Protocol version is not an integer or out of range")
-        if version != 2:
+        if version not in (2, 3):
             raise InvalidCommandError("NOPROTO sorry, this protocol version is not supported")
     name = None
     i = 2
@@ -99,10 +105,11 @@ def _hello(conn: ClientProtocol, command: list[bytes]) -> bytes:
                 f"ERR Syntax error in HELLO option '{command[i].decode('utf-8', 'replace')}'")
     if name is not None:
         conn.name = name
-    return encode_reply([
-        b"server", b"redis", b"version", REDIS_COMPAT_VERSION.encode(), b"proto", 2,
-        b"id", conn.client_id, b"mode", b"standalone", b"role", b"master",
-        b"modules", []])
+    conn.protocol_version = version  # the reply is already in the new version
+    return encode_reply(RespMap([
+        (b"server", b"redis"), (b"version", REDIS_COMPAT_VERSION.encode()),
+        (b"proto", version), (b"id", conn.client_id), (b"mode", b"standalone"),
+        (b"role", b"master"), (b"modules", [])]), conn.resp3)
 
 
 def _checked_name(name: bytes, what: str) -> bytes:
@@ -132,7 +139,7 @@ def _client(conn: ClientProtocol, command: list[bytes]) -> bytes:
     if sub == b"ID" and count == 2:
         return b":%d\r\n" % conn.client_id
     if sub == b"GETNAME" and count == 2:
-        return _bulk(conn.name) if conn.name else NIL
+        return _bulk(conn.name) if conn.name else (NULL if conn.resp3 else NIL)
     if sub == b"SETNAME" and count == 3:
         conn.name = _checked_name(command[2], "Client names")
         return OK
@@ -152,7 +159,7 @@ def _client(conn: ClientProtocol, command: list[bytes]) -> bytes:
         lines = [describe_client(c) + "\n" for c in conn.factory.connections.values()]
         return _bulk("".join(lines))
     if sub == b"HELP" and count == 2:
-        return encode_reply([Status(line) for line in _CLIENT_HELP])
+        return encode_reply([Status(line) for line in _CLIENT_HELP], conn.resp3)
     if sub in (b"ID", b"GETNAME", b"SETNAME", b"SETINFO", b"INFO", b"LIST", b"HELP"):
         raise arity_error("client|" + sub.decode().lower())
     raise unknown_subcommand_error("client", command[1])
@@ -220,19 +227,19 @@ def command_info(name: bytes) -> list | None:
 
 def _command(conn: ClientProtocol, command: list[bytes]) -> bytes:
     if len(command) == 1:
-        return encode_reply([command_info(name) for name in COMMANDS])
+        return encode_reply([command_info(name) for name in COMMANDS], conn.resp3)
     sub = command[1].upper()
     if sub == b"COUNT" and len(command) == 2:
         return b":%d\r\n" % len(COMMANDS)
     if sub == b"INFO":
         names = command[2:] or list(COMMANDS)
-        return encode_reply([command_info(name) for name in names])
+        return encode_reply([command_info(name) for name in names], conn.resp3)
     if sub == b"DOCS":
-        return EMPTY_ARRAY
+        return encode_reply(RespMap(), conn.resp3)  # no docs: redis-cli shows no hints
     if sub == b"LIST" and len(command) == 2:
-        return encode_reply([spec.name.encode() for spec in COMMANDS.values()])
+        return encode_reply([spec.name.encode() for spec in COMMANDS.values()], conn.resp3)
     if sub == b"HELP" and len(command) == 2:
-        return encode_reply([Status(line) for line in _COMMAND_HELP])
+        return encode_reply([Status(line) for line in _COMMAND_HELP], conn.resp3)
     if sub in (b"COUNT", b"LIST", b"HELP"):
         raise arity_error("command|" + sub.decode().lower())
     raise unknown_subcommand_error("command", command[1])
@@ -246,15 +253,16 @@ def _config(conn: ClientProtocol, command: list[bytes]) -> bytes:
     if sub == b"GET":
         if len(command) < 3:
             raise arity_error("config|get")
-        return EMPTY_ARRAY  # no Redis parameter applies: kvraft reads its own config file
+        # No Redis parameter applies: kvraft reads its own config file.
+        return encode_reply(RespMap(), conn.resp3)
     if sub == b"SET":
         raise InvalidCommandError(
             "ERR CONFIG SET is not supported: kvraft is configured by its config file "
             "(kvraft.toml); edit it and restart the node")
     if sub == b"HELP" and len(command) == 2:
         return encode_reply([Status("CONFIG GET <pattern>"),
-                             Status("    Answers an empty array: kvraft has no Redis "
-                                    "parameters; see the node's kvraft.toml.")])
+                             Status("    Answers an empty map: kvraft has no Redis "
+                                    "parameters; see the node's kvraft.toml.")], conn.resp3)
     raise unknown_subcommand_error("config", command[1])
 
 

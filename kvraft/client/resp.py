@@ -1,6 +1,8 @@
-"""RESP2 for the client port: an incremental request parser and the reply encoder.
+"""RESP for the client port: an incremental request parser and the reply encoder.
 
-Requests come in two shapes, told apart by their first byte, as in Redis:
+Replies are RESP2, or RESP3 for a connection that sent HELLO 3 (the two differ, for
+our replies, only in null and map). Requests are the same in both, and come in two
+shapes, told apart by their first byte, as in Redis:
 
 * multibulk: ``*<count>\\r\\n`` then ``count`` times ``$<length>\\r\\n<bytes>\\r\\n``
   (what redis-cli, redis-py and redis-benchmark send);
@@ -106,7 +108,8 @@ class RespParser:
     def buffered_bytes(self) -> int:
         """Bytes held for commands not yet complete: unparsed input plus the arguments
         already read of an unfinished multibulk command."""
-        return self._buffered + self._args_bytes
+        held = sum(map(len, self._args)) if self._args else 0
+        return self._buffered + held
 
     def feed(self, data: bytes) -> None:
         """Append ``data`` (any slice of the stream) to the input. Cheap: parsing
@@ -417,6 +420,7 @@ def _single_quoted(line: bytes, i: int, word: bytearray) -> int:
 OK = b"+OK\r\n"
 PONG = b"+PONG\r\n"
 NIL = b"$-1\r\n"
+NULL = b"_\r\n"  # RESP3
 EMPTY_ARRAY = b"*0\r\n"
 
 
@@ -436,11 +440,19 @@ def encode_status(text: str) -> bytes:
     return b"+" + text.encode("utf-8", "backslashreplace") + b"\r\n"
 
 
-def encode_reply(value: object) -> bytes:
-    """The RESP2 encoding of a result: ``None`` -> null bulk ``$-1``, ``bytes`` -> bulk
-    string, ``int`` -> integer, ``list``/``tuple`` -> array (nested freely),
-    ``kvraft.results.Status`` -> simple string, ``kvraft.results.CommandError`` -> error.
-    Anything else is a programmer error: ``TypeError``.
+class RespMap(tuple):
+    """A map reply, built from ``(key, value)`` pairs: a flat array of keys and values
+    in RESP2, a map (``%<count>``) in RESP3."""
+
+    __slots__ = ()
+
+
+def encode_reply(value: object, resp3: bool = False) -> bytes:
+    """The encoding of a result: ``None`` -> null (RESP2 ``$-1``, RESP3 ``_``),
+    ``bytes`` -> bulk string, ``int`` -> integer, ``list``/``tuple`` -> array (nested
+    freely), ``RespMap`` -> map, ``kvraft.results.Status`` -> simple string,
+    ``kvraft.results.CommandError`` -> error. Anything else is a programmer error:
+    ``TypeError``.
 
     Nested arrays are encoded with an explicit stack, not recursion.
     """
@@ -448,23 +460,27 @@ def encode_reply(value: object) -> bytes:
     if kind is bytes:
         return b"$%d\r\n%s\r\n" % (len(value), value)
     if value is None:
-        return NIL
+        return NULL if resp3 else NIL
     if kind is int:
         return b":%d\r\n" % value
     parts: list[bytes] = []
-    _encode_into(value, parts)
+    _encode_into(value, parts, resp3)
     return b"".join(parts)
 
 
-def _encode_into(value: object, parts: list[bytes]) -> None:
+def _encode_into(value: object, parts: list[bytes], resp3: bool) -> None:
     stack: list[Iterable[object]] = [iter((value,))]
     while stack:
         for item in stack[-1]:
+            if isinstance(item, RespMap):
+                parts.append(b"%%%d\r\n" % len(item) if resp3 else b"*%d\r\n" % (2 * len(item)))
+                stack.append(iter([part for pair in item for part in pair]))
+                break
             if isinstance(item, list | tuple):
                 parts.append(b"*%d\r\n" % len(item))
                 stack.append(iter(item))
                 break
-            parts.append(_encode_scalar(item))
+            parts.append(NULL if item is None and resp3 else _encode_scalar(item))
         else:
             stack.pop()
 

@@ -144,6 +144,8 @@ class ClientProtocol(Protocol):
         self.lib_ver = b""
         self.readonly = False
         """READONLY: reads may be served from this node's possibly stale state."""
+        self.protocol_version = 2
+        """RESP version of the replies: 2, or 3 after HELLO 3."""
         self.last_command = b"NULL"
         limits = factory.limits
         self._limits = limits
@@ -157,6 +159,7 @@ class ClientProtocol(Protocol):
         self._unwritten = 0  # requests parsed and not yet written back
         self._unwritten_bytes = 0
         self._awaiting = 0  # requests waiting for the backend
+        self._held: list[list[bytes]] = []  # parsed, waiting for pending_bytes_max room
         self._pumping = False
         self._reading_paused = False
         self._output_paused = False
@@ -210,6 +213,11 @@ class ClientProtocol(Protocol):
     # -- the request pipeline ------------------------------------------------------------
 
     @property
+    def resp3(self) -> bool:
+        """Whether replies use RESP3 (the client sent HELLO 3)."""
+        return self.protocol_version == 3
+
+    @property
     def pending_requests(self) -> int:
         """Requests parsed and not yet answered on the wire."""
         return self._unwritten
@@ -238,19 +246,25 @@ class ClientProtocol(Protocol):
                 room = self._room()
                 if room <= 0:
                     break
-                try:
-                    commands = self._parser.take(room)
-                except ProtocolError as e:
-                    self._protocol_error(e)
-                    continue
+                commands, self._held = self._held, []
                 if not commands:
-                    break
+                    try:
+                        commands = self._parser.take(room)
+                    except ProtocolError as e:
+                        self._protocol_error(e)
+                        continue
+                    if not commands:
+                        break
                 burst = _Burst()
                 self._bursts.append(burst)
-                for args in commands:
-                    self._dispatch(burst, args)
+                bytes_max = self._limits.pending_bytes_max
+                for i, args in enumerate(commands):
                     if self._closing:
                         break
+                    if i and self._unwritten_bytes >= bytes_max:
+                        self._held = commands[i:]  # parsed already; run when bytes drain
+                        break
+                    self._dispatch(burst, args)
         finally:
             self._pumping = False
         self._update_reading()
@@ -319,9 +333,9 @@ class ClientProtocol(Protocol):
                     burst.pending += 1
                     self._awaiting += 1
                     result.addCallbacks(self._on_result, self._on_failure,
-                                        (burst, index), None, (burst, index))
+                                        (burst, index, self.resp3), None, (burst, index))
                     return
-                data = self._encode(result)
+                data = self._encode(result, self.resp3)
         except InvalidCommandError as e:
             data = encode_error(str(e))
         except Exception as e:
@@ -330,8 +344,8 @@ class ClientProtocol(Protocol):
         burst.bytes += len(data)
         self._unwritten_bytes += len(data)
 
-    def _on_result(self, result: object, burst: _Burst, index: int) -> None:
-        self._complete(burst, index, self._encode(result))
+    def _on_result(self, result: object, burst: _Burst, index: int, resp3: bool) -> None:
+        self._complete(burst, index, self._encode(result, resp3))
 
     def _on_failure(self, failure: Failure, burst: _Burst, index: int) -> None:
         self._complete(burst, index, self._error_reply(failure.value, failure))
@@ -347,9 +361,9 @@ class ClientProtocol(Protocol):
         if not burst.pending and not self._pumping:
             self._pump()
 
-    def _encode(self, result: object) -> bytes:
+    def _encode(self, result: object, resp3: bool) -> bytes:
         try:
-            return encode_reply(result)
+            return encode_reply(result, resp3)
         except Exception as e:
             return self._error_reply(e)
 
