@@ -144,7 +144,11 @@ class RaftCore(LeaderMixin):
             pass
 
     def propose(self, data: bytes) -> None:
-        """Propose one entry; raises ProposalDropped (with ``reason``) if not accepted."""
+        """Propose one entry; raises ProposalDropped (with ``reason``) if not accepted.
+
+        Reasons: "no-leader", "transferring", "queue-full", "too-large" (over
+        ``max_msg_bytes``), "not-member".
+        """
         self._step(Message(type=MsgType.MsgProp, frm=self.id,
                            entries=[Entry(term=0, index=0, data=data)]))
 
@@ -579,6 +583,7 @@ class RaftCore(LeaderMixin):
     def _step_follower(self, m: Message) -> None:
         t = m.type
         if t == MsgType.MsgProp:
+            self._check_entry_sizes(m.entries)
             if self.lead == NONE:
                 raise ProposalDropped("no-leader", "no leader is known; retry when a "
                                       "leader is elected")

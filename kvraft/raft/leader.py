@@ -87,6 +87,7 @@ class LeaderMixin:
             raise ProposalDropped(
                 "transferring", f"leadership is moving to {self.lead_transferee}; retry "
                 "when the new leader is elected")
+        self._check_entry_sizes(m.entries)
         pending_conf = 0
         for i, e in enumerate(m.entries):
             if e.type != EntryType.ConfChange:
@@ -106,6 +107,15 @@ class LeaderMixin:
         if pending_conf:
             self.pending_conf_index = pending_conf
         self._bcast_append()
+
+    def _check_entry_sizes(self, entries: list[Entry]) -> None:
+        limit = self.config.max_msg_bytes
+        for e in entries:
+            if e.size() > limit:
+                # It could never be sent: every MsgApp must fit max_msg_bytes.
+                raise ProposalDropped(
+                    "too-large", f"a proposal of {e.size()} bytes exceeds max_msg_bytes "
+                    f"({limit}); split it into smaller proposals")
 
     def _refuse_conf_change(self, e: Entry) -> str:
         """Why the leader cannot accept this conf change now ("" if it can)."""

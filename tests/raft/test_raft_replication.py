@@ -205,3 +205,19 @@ def test_replication_stale_append_below_commit_is_acknowledged_with_commit():
                           log_term=0, entries=[Entry(term=1, index=1)]))
     sent = persist_and_advance(follower, c.storage["n2"])
     assert [(m.type, m.index, m.reject) for m in sent] == [(MsgType.MsgAppResp, 2, False)]
+
+
+def test_replication_proposal_larger_than_a_message_is_refused():
+    c = Cluster(VOTERS, max_msg_bytes=1000)
+    leader = leader_of(c)
+    with pytest.raises(ProposalDropped) as info:
+        leader.propose(b"z" * 1000)
+    assert info.value.reason == "too-large" and "split" in str(info.value)
+    leader.propose(b"z" * 900)
+
+
+def test_replication_follower_refuses_too_large_before_forwarding():
+    c = Cluster(VOTERS, max_msg_bytes=1000)
+    leader_of(c)
+    with pytest.raises(ProposalDropped, match="max_msg_bytes"):
+        c.propose("n2", b"z" * 2000)
