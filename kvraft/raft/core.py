@@ -133,6 +133,9 @@ class RaftCore(FollowerMixin, LeaderMixin):
         """
         if m.type in _DRIVER_FORBIDDEN:
             raise ValueError(f"{m.type.name} is internal; use tick() or campaign()")
+        if m.to not in (NONE, self.id):
+            raise ValueError(f"a message for {m.to!r} was delivered to {self.id!r}; check "
+                             "the transport's routing")
         if m.type in (MsgType.MsgAppResp, MsgType.MsgVoteResp, MsgType.MsgPreVoteResp,
                       MsgType.MsgHeartbeatResp, MsgType.MsgSnapStatus,
                       MsgType.MsgUnreachable) and m.frm not in self.tracker.progress:

@@ -160,3 +160,13 @@ def test_ordering_restart_from_durable_state_only():
         make_core("n1", VOTERS, storage_with([(1, 1)], term=1, commit=5))
     sent = persist_and_advance(core, s)
     assert sent == []
+
+
+def test_ordering_step_refuses_internal_and_misrouted_messages():
+    core = make_core("n1", VOTERS)
+    with pytest.raises(ValueError, match="internal"):
+        core.step(Message(type=MsgType.MsgHup, frm="n1"))
+    with pytest.raises(ValueError, match="routing"):
+        core.step(Message(type=MsgType.MsgHeartbeat, frm="n2", to="n3", term=1))
+    core.step(Message(type=MsgType.MsgAppResp, frm="n9", to="n1", term=1, index=5))
+    assert not core.has_ready(), "a response from a non-member is ignored"
