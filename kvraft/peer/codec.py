@@ -166,7 +166,7 @@ def decode_body(body: bytes) -> Message | Hello:
     try:
         obj = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
     except _UNPACK_ERRORS as e:
-        raise FrameError(f"not msgpack: {e}") from None
+        raise FrameError(f"not msgpack ({type(e).__name__}: {e})") from None
     if type(obj) is not dict:
         raise FrameError(f"a frame must be a msgpack map, got {type(obj).__name__}")
     version = obj.get("v")
