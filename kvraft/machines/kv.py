@@ -20,7 +20,10 @@ SET        write  OK / nil when NX, XX or IFEQ stops it; with GET the old value.
 SETNX      write  1 if set, 0 if the key existed
 GETSET     write  old value or nil
 DEL        write  how many keys were removed
-INCR, DECR, INCRBY, DECRBY  write  the new value (64-bit signed)
+INCR       write  the new value (64-bit signed; a missing key counts as 0)
+INCRBY     write  likewise, by a 64-bit signed amount
+DECR       write  likewise, minus one
+DECRBY     write  likewise, minus the amount
 APPEND     write  the new length
 MSET       write  OK (all keys at once, one revision)
 FLUSHALL   write  OK (optional ASYNC or SYNC, both synchronous here)
@@ -61,6 +64,11 @@ log = Logger()
 
 VALUE_BYTES_MAX = 512 * 1024 * 1024
 """Largest value APPEND may build (Redis's proto-max-bulk-len). Replicated semantics."""
+
+SNAPSHOT_CHUNK_BYTES_DEFAULT = 1024 * 1024
+KEYS_REPLY_MAX_DEFAULT = 1_000_000
+KEYS_PATTERN_BYTES_MAX_DEFAULT = 1024
+SNAPSHOT_BUFFER_BYTES_MAX_DEFAULT = 2 * VALUE_BYTES_MAX  # one batch plus its largest value
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -164,15 +172,16 @@ class KvStateMachine:
     """
 
     option_defaults: Mapping[str, int] = {
-        "snapshot_chunk_bytes": 1024 * 1024,
-        "keys_reply_max": 1_000_000,
-        "keys_pattern_bytes_max": 1024,
-        "snapshot_buffer_bytes_max": 2 * VALUE_BYTES_MAX,
+        "snapshot_chunk_bytes": SNAPSHOT_CHUNK_BYTES_DEFAULT,
+        "keys_reply_max": KEYS_REPLY_MAX_DEFAULT,
+        "keys_pattern_bytes_max": KEYS_PATTERN_BYTES_MAX_DEFAULT,
+        "snapshot_buffer_bytes_max": SNAPSHOT_BUFFER_BYTES_MAX_DEFAULT,
     }
 
-    def __init__(self, *, snapshot_chunk_bytes: int = 1024 * 1024,
-                 keys_reply_max: int = 1_000_000, keys_pattern_bytes_max: int = 1024,
-                 snapshot_buffer_bytes_max: int = 2 * VALUE_BYTES_MAX) -> None:
+    def __init__(self, *, snapshot_chunk_bytes: int = SNAPSHOT_CHUNK_BYTES_DEFAULT,
+                 keys_reply_max: int = KEYS_REPLY_MAX_DEFAULT,
+                 keys_pattern_bytes_max: int = KEYS_PATTERN_BYTES_MAX_DEFAULT,
+                 snapshot_buffer_bytes_max: int = SNAPSHOT_BUFFER_BYTES_MAX_DEFAULT) -> None:
         self.last_applied = 0
         """Index of the last log entry applied (``IStateMachine``)."""
         self._keys = KeySpace()
@@ -255,7 +264,9 @@ class KvStateMachine:
         item = self._keys.get(key)
         return 0 if item is None else _unpack_revision(item)[0]
 
-    def __len__(self) -> int:
+    @property
+    def key_count(self) -> int:
+        """Number of keys (what DBSIZE answers), e.g. for INFO's keyspace section."""
         return len(self._keys)
 
     # -- plumbing -----------------------------------------------------------------------

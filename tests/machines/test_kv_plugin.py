@@ -26,7 +26,7 @@ def test_plugin_creates_an_empty_machine():
     machine = _kv_plugin().create({})
     assert isinstance(machine, KvStateMachine)
     assert verifyObject(IStateMachine, machine)
-    assert machine.last_applied == 0 and len(machine) == 0
+    assert machine.last_applied == 0 and machine.key_count == 0
 
 
 def test_plugin_passes_options_through():
