@@ -72,6 +72,7 @@ class _Config:
         self.auto_leave = cs.auto_leave
 
     def to_conf_state(self) -> ConfState:
+        """The sets as a ConfState with sorted tuples."""
         return ConfState(voters=tuple(sorted(self.incoming)),
                          learners=tuple(sorted(self.learners)),
                          voters_outgoing=tuple(sorted(self.outgoing)),
@@ -79,6 +80,7 @@ class _Config:
                          auto_leave=self.auto_leave)
 
     def apply(self, changes: tuple[ConfChangeSingle, ...]) -> None:
+        """Apply single changes to the incoming half (and learners)."""
         for c in changes:
             if not c.node_id:
                 raise ConfChangeError("a conf change names an empty node id")
@@ -115,6 +117,7 @@ class _Config:
         self.learners_next.discard(node)
 
     def check(self) -> None:
+        """ConfChangeError unless the configuration is well formed."""
         voters = self.incoming | self.outgoing
         if self.learners & voters:
             raise ConfChangeError(f"nodes {sorted(self.learners & voters)} would be both "

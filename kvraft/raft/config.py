@@ -16,7 +16,8 @@ READ_ONLY_LEASE = "lease"
 class RandomSource(Protocol):
     """Anything with ``randrange(a, b)`` (``random.Random`` from a simulator, or SplitMix64)."""
 
-    def randrange(self, start: int, stop: int) -> int: ...
+    def randrange(self, start: int, stop: int) -> int:
+        """A number in ``[start, stop)``."""
 
 
 class SplitMix64:

@@ -114,6 +114,7 @@ class HardState:
     commit: int = 0
 
     def is_empty(self) -> bool:
+        """True for a node that never saw a term (nothing saved yet)."""
         return self.term == 0 and self.vote == NONE and self.commit == 0
 
 
@@ -136,6 +137,7 @@ class ConfState:
     auto_leave: bool = False
 
     def is_joint(self) -> bool:
+        """True during a joint-consensus change (decisions need both halves)."""
         return bool(self.voters_outgoing)
 
     def members(self) -> tuple[NodeId, ...]:
@@ -149,6 +151,8 @@ class ConfState:
 
 @dataclass(slots=True)
 class ConfChangeSingle:
+    """One membership operation on one node."""
+
     type: ConfChangeType
     node_id: NodeId
     context: bytes = b""  # e.g. the new node's address; opaque to the core
@@ -165,6 +169,8 @@ class ConfChange:
 
 @dataclass(slots=True)
 class SnapshotMetadata:
+    """Where a snapshot ends in the log (index/term) and the configuration there."""
+
     index: int = 0
     term: int = 0
     conf_state: ConfState = field(default_factory=ConfState)
@@ -178,6 +184,7 @@ class Snapshot:
     data: bytes = b""
 
     def is_empty(self) -> bool:
+        """True for "no snapshot" (index 0)."""
         return self.metadata.index == 0
 
 
