@@ -4,7 +4,7 @@
 diverts every later write into a small *delta* dict until ``holder`` (the snapshot
 view) is garbage; the next ``thaw_if_released()`` then folds the delta back in, in
 O(len(delta)). So a snapshot costs nothing on the applying thread however large the
-map is (a ``dict.copy()`` of a million keys stalls it for ~45 ms), and a serializer in
+map is (a ``dict.copy()`` of a million keys stalls it for 50-90 ms), and a serializer in
 another thread reads a dict that nobody mutates.
 
 Iteration order is part of the replicated state: snapshots are written in it, so two
