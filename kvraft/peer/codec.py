@@ -351,24 +351,33 @@ class FrameBuffer:
     def feed(self, data: bytes) -> list[bytes]:
         """Add ``data``; return the bodies of the frames it completed, in order."""
         buf = self._buffer
-        buf += data
-        if len(buf) < self._need:
-            return []
-        bodies = []
-        offset, end = 0, len(buf)
-        limit = self.frame_bytes_max
-        while end - offset >= frame_header_bytes:
-            size = int.from_bytes(buf[offset:offset + frame_header_bytes], "big")
-            if size > limit:
-                raise FrameError(f"frame of {size} bytes exceeds frame_bytes_max ({limit})",
-                                 OVERSIZED)
-            start = offset + frame_header_bytes
-            if end - start < size:
-                self._need = frame_header_bytes + size
-                break
-            bodies.append(bytes(buf[start:start + size]))
-            offset = start + size
+        if buf:
+            buf += data
+            if len(buf) < self._need:
+                return []
+            source: bytes | bytearray = buf
         else:
-            self._need = frame_header_bytes
-        del buf[:offset]
+            source = data  # nothing pending: cut frames straight out of the read
+        bodies: list[bytes] = []
+        offset, end = 0, len(source)
+        limit = self.frame_bytes_max
+        # One copy per body: a memoryview slice is free, bytes() copies it once.
+        with memoryview(source) as view:
+            while end - offset >= frame_header_bytes:
+                size = int.from_bytes(view[offset:offset + frame_header_bytes], "big")
+                if size > limit:
+                    raise FrameError(f"frame of {size} bytes exceeds frame_bytes_max "
+                                     f"({limit})", OVERSIZED)
+                start = offset + frame_header_bytes
+                if end - start < size:
+                    self._need = frame_header_bytes + size
+                    break
+                bodies.append(bytes(view[start:start + size]))
+                offset = start + size
+            else:
+                self._need = frame_header_bytes
+        if source is buf:
+            del buf[:offset]
+        elif offset < end:
+            buf += data[offset:]
         return bodies
