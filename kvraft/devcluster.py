@@ -118,7 +118,7 @@ class LocalCluster:
             certs.init_ca(self.cert_dir)
         for spec in self.nodes.values():
             if not (self.cert_dir / f"{spec.node_id}.pem").exists():
-                certs.issue_node(self.cert_dir, spec.node_id, hosts=["localhost", self.host])
+                certs.issue_node(self.cert_dir, spec.node_id, hosts=[self.host], local_dev=True)
             spec.config_path.parent.mkdir(parents=True, exist_ok=True)
             write_toml(spec.config_path, self.config_for(spec))
         if not (self.cert_dir / "client.pem").exists():
@@ -148,7 +148,9 @@ class LocalCluster:
     # -- processes -------------------------------------------------------------------------
 
     def command(self, spec: NodeSpec) -> list[str]:
-        return [self.python, "-m", "twisted", "--nodaemon", "--pidfile=",
+        # `twistd` as a module of this interpreter: no dependency on PATH or a venv's bin/.
+        return [self.python, "-c", "from twisted.scripts.twistd import run; run()",
+                "--nodaemon", "--pidfile=",
                 f"--logfile={spec.log_path}", "kvraft", "--config", str(spec.config_path)]
 
     def start(self, node_id: str, wait: bool = True) -> None:

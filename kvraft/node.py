@@ -1,0 +1,491 @@
+"""RaftNodeService: the only place where the pure core meets I/O.
+
+Each reactor turn the service
+1. turns every client write of the turn into ONE proposal (a msgpack batch) and every
+   linearizable read of the turn into ONE ReadIndex request;
+2. drains the core's Ready: sends ``messages`` at once; applies committed entries that
+   are already durable locally; appends ``entries`` to the log on the reactor thread
+   (cheap: page cache) and hands the fsync (and any hard-state write) to one writer
+   thread, so the reactor keeps serving while the disk works;
+3. when the write is durable: sends ``messages_after_persist`` (votes, append
+   acknowledgements — never before, see kvraft.raft), applies the remaining committed
+   entries, answers reads whose index is applied, and calls ``advance``.
+
+While a write is in flight the core keeps taking proposals, messages and ticks but hands
+out no new Ready; everything that arrives meanwhile goes into the next Ready: group
+commit falls out of the alternation.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+from twisted.application.service import Service
+from twisted.internet import defer, threads
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from kvraft import results
+from kvraft.client.backend import IClientBackend
+from kvraft.client.errors import NoLeaderError, OutcomeUnknownError, OverloadedError
+from kvraft.raft import (
+    ConfState,
+    EntryType,
+    HardState,
+    ProposalDropped,
+    RaftConfig,
+    RaftCore,
+    Ready,
+    Role,
+    Snapshot,
+)
+
+log = Logger(namespace="kvraft.node")
+
+pending_writes_max = 200_000
+"""Client writes waiting for their entry to apply, across all connections."""
+pending_reads_max = 200_000
+"""Linearizable reads waiting for a ReadIndex answer or for apply."""
+
+
+class CoreStorage:
+    """Presents the node's stores as the storage read contract of ``kvraft.raft``."""
+
+    def __init__(self, storage, conf_state: ConfState):
+        self._log = storage.log
+        self._stable = storage.stable
+        self._snapshots = storage.snapshots
+        self.conf_state = conf_state
+        self.first_index = self._log.first_index
+        self.last_index = self._log.last_index
+        self.term = self._log.term
+        self.entries = self._log.entries
+
+    def initial_state(self) -> tuple[HardState, ConfState]:
+        return self._stable.hard_state(), self.conf_state
+
+    def snapshot(self) -> Snapshot:
+        meta = self._snapshots.latest()
+        return Snapshot(metadata=meta) if meta is not None else Snapshot()
+
+
+class _Batch:
+    """Client requests that travel together (one proposal, or one ReadIndex round)."""
+
+    __slots__ = ("commands", "deferreds", "timer", "key")
+
+    def __init__(self):
+        self.commands: list = []
+        self.deferreds: list[defer.Deferred] = []
+        self.timer = None
+        self.key: Any = None
+
+
+def _fail_all(deferreds: list[defer.Deferred], error: Exception) -> None:
+    for d in deferreds:
+        if not d.called:
+            d.errback(error)
+
+
+@implementer(IClientBackend)
+class RaftNodeService(Service):
+    """Drives a RaftCore with the reactor's clock, a storage backend, a state machine
+    plugin and a peer transport; serves the client layer through IClientBackend."""
+
+    name = "raft-node"
+
+    def __init__(self, config, storage, machine, transport, reactor=None,
+                 rng_seed: int | None = None):
+        from twisted.internet import reactor as default_reactor
+        self.config = config
+        self.node_id = config.node_id
+        self.storage = storage
+        self.machine = machine
+        self.transport = transport
+        self.reactor = reactor or default_reactor
+        settings = config.raft
+        self.tick_ms = settings.tick_ms or settings.heartbeat_interval_ms
+        self.election_ticks = max(2, settings.election_timeout_ms // self.tick_ms)
+        self.heartbeat_ticks = max(1, settings.heartbeat_interval_ms // self.tick_ms)
+        self.request_timeout_s = settings.request_timeout_ms / 1000.0
+        self.batch_commands_max = settings.batch_commands_max
+        self.batch_bytes_max = settings.batch_bytes_max
+        self._seed = rng_seed if rng_seed is not None else int.from_bytes(os.urandom(8), "big")
+        # Our proposals are recognised on apply by origin; the random incarnation keeps a
+        # restarted process from claiming entries proposed by its previous life.
+        self._origin = f"{self.node_id}:{os.urandom(6).hex()}"
+        self._seq = 0
+        self._writes = _Batch()
+        self._reads = _Batch()
+        self._proposed: dict[int, _Batch] = {}
+        self._reading: dict[bytes, _Batch] = {}
+        self._reads_ready: list[tuple[int, int, _Batch]] = []  # heap of (index, seq, batch)
+        self._pending_writes = 0
+        self._pending_reads = 0
+        self._scheduled = None
+        self._persisting = False
+        self._durable_index = 0
+        self._stopping = False
+        self._when_idle: list[defer.Deferred] = []
+        self.role = Role.Follower
+        self.leader_id = ""
+        self.core: RaftCore | None = None
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = self.reactor
+        self.listeners: list[Callable[[str, dict], None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self.core = self._build_core()
+        self._durable_index = self.storage.log.last_index()
+        self.transport.on_message = self.receive
+        self._ticker.start(self.tick_ms / 1000.0, now=False)
+        log.info("node {node_id} started: term {term}, last index {last}, voters {voters}",
+                 node_id=self.node_id, term=self.core.status()["term"],
+                 last=self._durable_index, voters=",".join(self._conf_state().voters))
+        self._schedule()
+
+    def stopService(self):
+        """Stop ticking, fail what waits, let an in-flight write finish, close storage."""
+        self._stopping = True
+        if self._ticker.running:
+            self._ticker.stop()
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+        self._scheduled = None
+        error = OutcomeUnknownError("the node is shutting down; the outcome is unknown")
+        for batch in list(self._proposed.values()):
+            _fail_all(batch.deferreds, error)
+        for batch in list(self._reading.values()) + [b for _, _, b in self._reads_ready]:
+            _fail_all(batch.deferreds, NoLeaderError("the node is shutting down"))
+        _fail_all(self._writes.deferreds, NoLeaderError("the node is shutting down"))
+        _fail_all(self._reads.deferreds, NoLeaderError("the node is shutting down"))
+        super().stopService()
+        done = defer.Deferred()
+        self._when_idle.append(done)
+        if not self._persisting:
+            self._idle()
+        done.addCallback(lambda _: self.storage.close())
+        return done
+
+    def _idle(self) -> None:
+        waiting, self._when_idle = self._when_idle, []
+        for d in waiting:
+            d.callback(None)
+
+    def _conf_state(self) -> ConfState:
+        meta = self.storage.stable.metadata()
+        voters = meta.get("voters")
+        if voters:
+            return ConfState(voters=tuple(voters), learners=tuple(meta.get("learners", ())))
+        return ConfState(voters=tuple(sorted(self.config.members)))
+
+    def _build_core(self) -> RaftCore:
+        meta = self.storage.stable.metadata()
+        if not meta and not self.config.join:
+            # A new cluster: the configured members bootstrap it. A node with state ignores
+            # cluster.members from then on.
+            self.storage.stable.save_metadata({
+                "cluster": self.config.cluster_name,
+                "voters": sorted(self.config.members),
+                "addresses": {k: str(v) for k, v in self.config.members.items()},
+            })
+        conf_state = self._conf_state()
+        applied = self.machine.last_applied
+        settings = self.config.raft
+        raft_config = RaftConfig(
+            id=self.node_id, voters=conf_state.voters, learners=conf_state.learners,
+            election_ticks=self.election_ticks, heartbeat_ticks=self.heartbeat_ticks,
+            pre_vote=settings.pre_vote, check_quorum=settings.check_quorum, seed=self._seed,
+            max_inflight_msgs=settings.max_inflight_msgs, max_msg_bytes=settings.max_msg_bytes,
+            max_uncommitted_bytes=settings.max_uncommitted_bytes, applied=applied)
+        return RaftCore(raft_config, CoreStorage(self.storage, conf_state))
+
+    # -- events into the core -----------------------------------------------------------
+
+    def _tick(self) -> None:
+        self.core.tick()
+        self._schedule()
+
+    def receive(self, message) -> None:
+        """A message from a peer (called by the transport)."""
+        if self._stopping or self.core is None:
+            return
+        try:
+            self.core.step(message)
+        except Exception:
+            # A peer's bad message must never take the node down.
+            log.failure("dropping a message the core refused: {message!r}", message=message)
+            return
+        self._schedule()
+
+    def report_unreachable(self, peer_id: str) -> None:
+        if self.core is not None:
+            self.core.report_unreachable(peer_id)
+
+    def _schedule(self) -> None:
+        if self._scheduled is None and not self._stopping:
+            self._scheduled = self.reactor.callLater(0, self._run)
+
+    def _run(self) -> None:
+        self._scheduled = None
+        try:
+            if self._writes.commands:
+                self._flush_writes()
+            if self._reads.commands:
+                self._flush_reads()
+            self._drain()
+        except Exception:
+            log.failure("unexpected error driving the raft core; stopping the node")
+            self._halt()
+
+    # -- IClientBackend ------------------------------------------------------------------
+
+    def write(self, command) -> defer.Deferred:
+        if self._pending_writes >= pending_writes_max:
+            return defer.fail(OverloadedError(
+                f"too many writes in flight ({pending_writes_max}); retry shortly"))
+        d = defer.Deferred()
+        self._writes.commands.append(command)
+        self._writes.deferreds.append(d)
+        self._pending_writes += 1
+        if len(self._writes.commands) >= self.batch_commands_max:
+            self._flush_writes()
+        self._schedule()
+        return d
+
+    def read(self, command, linearizable: bool = True) -> defer.Deferred:
+        if not linearizable:
+            return defer.succeed(self.machine.query(command))
+        if self._pending_reads >= pending_reads_max:
+            return defer.fail(OverloadedError(
+                f"too many reads in flight ({pending_reads_max}); retry shortly"))
+        d = defer.Deferred()
+        self._reads.commands.append(command)
+        self._reads.deferreds.append(d)
+        self._pending_reads += 1
+        self._schedule()
+        return d
+
+    def admin(self, command) -> defer.Deferred:
+        name = bytes(command[0]).upper() if command else b""
+        if name == b"FLUSHALL":
+            return self.write([b"FLUSHALL"])
+        if name == b"RAFT.MEMBERS":
+            conf = self._conf_state()
+            return defer.succeed([v.encode() for v in conf.voters])
+        return defer.succeed(results.CommandError(
+            f"ERR {name.decode(errors='replace')} is not supported by this node yet"))
+
+    def info(self) -> dict[str, Any]:
+        status = self.core.status() if self.core is not None else {}
+        conf = self._conf_state()
+        role = status.get("role", Role.Follower)
+        return {
+            "raft_node_id": self.node_id,
+            "raft_role": role.value if isinstance(role, Role) else str(role),
+            "raft_term": status.get("term", 0),
+            "raft_leader_id": status.get("leader_id", "") or "",
+            "raft_commit_index": status.get("commit_index", 0),
+            "raft_applied_index": self.machine.last_applied,
+            "raft_members": ",".join(conf.members()),
+        }
+
+    # -- proposals and reads -------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _flush_writes(self) -> None:
+        batch, self._writes = self._writes, _Batch()
+        seq = self._next_seq()
+        data = msgpack.packb([self._origin, seq, batch.commands], use_bin_type=True)
+        try:
+            self.core.propose(data)
+        except ProposalDropped as e:
+            self._pending_writes -= len(batch.deferreds)
+            error = NoLeaderError(str(e)) if e.reason in ("no-leader", "transferring") \
+                else OverloadedError(str(e))
+            _fail_all(batch.deferreds, error)
+            return
+        self._proposed[seq] = batch
+        batch.timer = self.reactor.callLater(self.request_timeout_s, self._write_timeout, seq)
+
+    def _write_timeout(self, seq: int) -> None:
+        batch = self._proposed.pop(seq, None)
+        if batch is not None:
+            self._pending_writes -= len(batch.deferreds)
+            _fail_all(batch.deferreds, OutcomeUnknownError(
+                "the write was not applied in time (a leader change or partition?); it may "
+                "or may not have taken effect: read the key before retrying"))
+
+    def _flush_reads(self) -> None:
+        batch, self._reads = self._reads, _Batch()
+        status_leader = self.core.status().get("leader_id")
+        if not status_leader:
+            self._pending_reads -= len(batch.deferreds)
+            _fail_all(batch.deferreds, NoLeaderError(
+                "no leader: the cluster is electing one; retry shortly"))
+            return
+        ctx = self._next_seq().to_bytes(8, "big")
+        batch.key = ctx
+        self._reading[ctx] = batch
+        self.core.read_index(ctx)
+        batch.timer = self.reactor.callLater(self.request_timeout_s, self._read_timeout, batch)
+
+    def _read_timeout(self, batch: _Batch) -> None:
+        # The batch may still sit in the apply heap; emptied, it is served as a no-op there.
+        self._reading.pop(batch.key, None)
+        self._pending_reads -= len(batch.deferreds)
+        _fail_all(batch.deferreds, OutcomeUnknownError(
+            "the read could not be confirmed by a quorum in time; retry"))
+        batch.deferreds, batch.commands = [], []
+
+    # -- the Ready loop ------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        core = self.core
+        while not self._persisting and core.has_ready():
+            rd = core.ready()
+            if rd.soft_state is not None:
+                self._on_soft_state(rd.soft_state)
+            if rd.messages:
+                self.transport.send_many(rd.messages)
+            # Entries at or below the durable index may be applied while this Ready's own
+            # entries are written; the rest wait for the write.
+            early, late = self._split_durable(rd.committed_entries)
+            self._apply(early)
+            if rd.snapshot is not None and not rd.snapshot.is_empty():
+                self._install_snapshot(rd.snapshot)
+            if rd.entries:
+                first = rd.entries[0].index
+                self._durable_index = min(self._durable_index, first - 1)
+                self.storage.log.append(rd.entries)
+            if rd.entries or rd.hard_state is not None or rd.must_sync:
+                self._persisting = True
+                d = threads.deferToThreadPool(
+                    self.reactor, self.reactor.getThreadPool(),
+                    self._persist, rd.hard_state, bool(rd.entries) or rd.must_sync)
+                d.addCallback(self._persisted, rd, late)
+                d.addErrback(self._storage_failed)
+                return
+            self._finish(rd, late)
+
+    def _split_durable(self, entries: list) -> tuple[list, list]:
+        if not entries or entries[-1].index <= self._durable_index:
+            return entries, []
+        cut = 0
+        while cut < len(entries) and entries[cut].index <= self._durable_index:
+            cut += 1
+        return entries[:cut], entries[cut:]
+
+    def _persist(self, hard_state: HardState | None, sync: bool) -> None:
+        """Runs in the writer thread: the only blocking part of the loop."""
+        if sync:
+            self.storage.log.sync()
+        if hard_state is not None:
+            self.storage.stable.save_hard_state(hard_state)
+
+    def _persisted(self, _, rd: Ready, late: list) -> None:
+        self._persisting = False
+        self._durable_index = self.storage.log.last_index()
+        if self._stopping:
+            self._idle()
+            return
+        try:
+            self._finish(rd, late)
+            self._drain()
+        except Exception:
+            log.failure("unexpected error after a write; stopping the node")
+            self._halt()
+
+    def _finish(self, rd: Ready, late: list) -> None:
+        if rd.messages_after_persist:
+            self.transport.send_many(rd.messages_after_persist)
+        self._apply(late)
+        for read_state in rd.read_states:
+            self._on_read_state(read_state.index, read_state.request_ctx)
+        self.core.advance(rd)
+        self._serve_reads()
+
+    def _storage_failed(self, failure) -> None:
+        log.failure("the storage failed; stopping the node to protect acknowledged writes",
+                    failure)
+        self._halt()
+
+    def _halt(self) -> None:
+        self._stopping = True
+        if self._ticker.running:
+            self._ticker.stop()
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def _on_soft_state(self, soft) -> None:
+        if soft.leader_id != self.leader_id or soft.role != self.role:
+            log.info("node {node_id}: role {role}, leader {leader}", node_id=self.node_id,
+                     role=soft.role.value, leader=soft.leader_id or "none")
+        self.role, self.leader_id = soft.role, soft.leader_id
+        for listener in self.listeners:
+            listener("soft_state", {"role": soft.role, "leader_id": soft.leader_id})
+
+    def _install_snapshot(self, snapshot: Snapshot) -> None:
+        raise NotImplementedError("snapshot installation arrives with log compaction")
+
+    # -- apply ---------------------------------------------------------------------------
+
+    def _apply(self, entries: list) -> None:
+        machine = self.machine
+        unpack = msgpack.unpackb
+        for entry in entries:
+            if entry.type == EntryType.Normal and entry.data:
+                try:
+                    origin, seq, commands = unpack(entry.data, raw=False)
+                except Exception:
+                    log.error("entry {index} is not a command batch; skipped on every node",
+                              index=entry.index)
+                    machine.set_last_applied(entry.index)
+                    continue
+                outcomes = [machine.apply(entry.index, command) for command in commands]
+                if origin == self._origin:
+                    self._resolve(seq, outcomes)
+            else:
+                machine.set_last_applied(entry.index)
+
+    def _resolve(self, seq: int, outcomes: list) -> None:
+        batch = self._proposed.pop(seq, None)
+        if batch is None:
+            return  # timed out already: the client was told the outcome is unknown
+        if batch.timer is not None and batch.timer.active():
+            batch.timer.cancel()
+        self._pending_writes -= len(batch.deferreds)
+        for d, outcome in zip(batch.deferreds, outcomes, strict=True):
+            if not d.called:
+                d.callback(outcome)
+
+    # -- linearizable reads ----------------------------------------------------------------
+
+    def _on_read_state(self, index: int, ctx: bytes) -> None:
+        batch = self._reading.pop(ctx, None)
+        if batch is not None:
+            heapq.heappush(self._reads_ready, (index, int.from_bytes(ctx, "big"), batch))
+
+    def _serve_reads(self) -> None:
+        applied = self.machine.last_applied
+        heap = self._reads_ready
+        while heap and heap[0][0] <= applied:
+            _, _, batch = heapq.heappop(heap)
+            if batch.timer is not None and batch.timer.active():
+                batch.timer.cancel()
+            self._pending_reads -= len(batch.deferreds)
+            query = self.machine.query
+            for d, command in zip(batch.deferreds, batch.commands, strict=True):
+                if not d.called:
+                    d.callback(query(command))
