@@ -32,7 +32,7 @@ _OPS = st.lists(st.one_of(
 ), min_size=4, max_size=60)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(ops=_OPS)
 @example(ops=[("put", b"a", b"1"), ("put", b"b", b"1"), ("freeze",), ("delete", b"a"),
               ("put", b"c", b"1"), ("put", b"a", b"2"), ("release", 0), ("thaw",)])

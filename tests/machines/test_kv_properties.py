@@ -70,7 +70,7 @@ def _apply_all(machine, commands, first_index=1):
     return [machine.apply(first_index + i, command) for i, command in enumerate(commands)]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(commands=_COMMANDS, data=st.data())
 def test_snapshot_plus_suffix_equals_applying_everything(commands, data):
     cut = data.draw(st.integers(min_value=0, max_value=len(commands)), label="cut")
@@ -89,7 +89,7 @@ def test_snapshot_plus_suffix_equals_applying_everything(commands, data):
     assert restored.current_revision == reference.current_revision
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(commands=_COMMANDS, data=st.data())
 def test_views_change_nothing_and_stay_frozen(commands, data):
     plain, viewed = KvStateMachine(), KvStateMachine()
@@ -108,7 +108,7 @@ def test_views_change_nothing_and_stay_frozen(commands, data):
     assert _body(viewed) == _body(plain)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(command=st.one_of(_GARBAGE, _WRITES, _READS))
 def test_nothing_raises(command):
     machine = KvStateMachine()
