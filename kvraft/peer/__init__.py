@@ -1,1 +1,10 @@
-"""kvraft.peer."""
+"""kvraft.peer: Raft messages between nodes over mutually authenticated TLS.
+
+* ``codec``: messages <-> length-prefixed msgpack frames (pure, no I/O).
+* ``protocol``: ``PeerLink``, one TLS connection: hello exchange, frame checks.
+* ``transport``: ``PeerTransport``, the dialers, the listener, send queues.
+* ``counters``: what the transport counts, for the status page and metrics.
+
+Import the submodules directly; this package imports nothing so that the pure codec can
+be used without Twisted.
+"""

@@ -109,6 +109,7 @@ class PeerLink(Protocol):
         self.tls_handle = None  # the SSL.Connection; Twisted drops it after connectionLost
         self._frames = FrameBuffer(hello_bytes_max)
         self._hello_timer: IDelayedCall | None = None
+        self._tls_done = False
         self._counted = False  # this link's failure was already counted
         self._closed_by_us = False
 
@@ -149,6 +150,7 @@ class PeerLink(Protocol):
             self._send_hello()  # no TLS handshake to wait for (tests on plain transports)
 
     def handshakeCompleted(self) -> None:
+        self._tls_done = True
         # The server is verified to be node <dialed>; only now say who we are.
         if self.dialed is not None and self.state == HANDSHAKING:
             self._send_hello()
@@ -299,16 +301,28 @@ class PeerLink(Protocol):
     def _count_failed_setup(self, reason: Failure | None) -> None:
         self._counted = True
         refusal = tls.classify_refusal(self.tls_handle, reason)
+        if (not refusal.by_peer and refusal.reason == tls.HANDSHAKE_FAILED
+                and self.dialed is not None and self._tls_done):
+            # We said hello over a verified link and the peer hung up: it refused our
+            # hello (wrong cluster, or our certificate's name); its log says which.
+            refusal = tls.Refusal(tls.HANDSHAKE_FAILED, True,
+                                  f"closed after our hello: {refusal.detail}")
         if refusal.by_peer:
             self.owner.counters.refused_by_peer[refusal.reason] += 1
             log.warn("peer link {side} {remote}: the peer refused us ({reason}): {detail}",
                      side=self._side(), remote=self.remote(), reason=refusal.reason,
                      detail=refusal.detail)
-        else:
-            self.owner.counters.handshake_failures[refusal.reason] += 1
-            log.warn("peer link {side} {remote} refused ({reason}): {detail}",
-                     side=self._side(), remote=self.remote(), reason=refusal.reason,
-                     detail=refusal.detail)
+            return
+        self.owner.counters.handshake_failures[refusal.reason] += 1
+        if refusal.reason == tls.HANDSHAKE_FAILED and not tls.is_tls_error(reason):
+            # A TCP connect and close without TLS: a port probe or a health check,
+            # counted but not worth a warning each time.
+            log.debug("peer link {side} {remote} closed before TLS: {detail}",
+                      side=self._side(), remote=self.remote(), detail=refusal.detail)
+            return
+        log.warn("peer link {side} {remote} refused ({reason}): {detail}",
+                 side=self._side(), remote=self.remote(), reason=refusal.reason,
+                 detail=refusal.detail)
 
     def _abort(self) -> None:
         if self.state == CLOSED:

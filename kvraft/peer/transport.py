@@ -44,7 +44,9 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
     TCP6ClientEndpoint,
+    TCP6ServerEndpoint,
     serverFromString,
     wrapClientTLS,
 )
@@ -298,7 +300,7 @@ class PeerTransport:
         """Start dialing ``peer_id`` at ``address`` (replaces a different address)."""
         if peer_id == self.node_id:
             raise ValueError(f"node {peer_id!r} cannot be its own peer")
-        host, port = _address(address, peer_id)
+        host, port = _address(address, f"peer {peer_id!r}")
         current = self._outbound.get(peer_id)
         if current is not None:
             if current.address == (host, port):
@@ -338,18 +340,28 @@ class PeerTransport:
 
     # -- the listener -------------------------------------------------------------------
 
-    def listener_service(self, endpoint: str | int | IStreamServerEndpoint
+    def listener_service(self, endpoint: str | int | tuple[str, int] | object
                          ) -> PeerListenerService:
-        """The service that accepts peer links on ``endpoint``: a port number (all
-        interfaces), a plain stream endpoint string (``"tcp:7001:interface=10.0.0.5"``)
-        or an ``IStreamServerEndpoint``. TLS is added here: never give ``ssl:``."""
+        """The service that accepts peer links on ``endpoint``: a ``(host, port)`` pair or
+        an object with ``.host`` and ``.port`` (the config's address; ``0.0.0.0`` or
+        ``::`` for all interfaces), a port number (all IPv4 interfaces), a plain stream
+        endpoint string (``"tcp:7001:interface=10.0.0.5"``) or an
+        ``IStreamServerEndpoint``. TLS is added here: never give ``ssl:``."""
         if isinstance(endpoint, int):
-            endpoint = f"tcp:{endpoint}"
-        if isinstance(endpoint, str):
+            endpoint = TCP4ServerEndpoint(self.reactor, endpoint)
+        elif isinstance(endpoint, str):
             if endpoint.split(":", 1)[0].lower() in ("ssl", "tls", "le", "lets"):
                 raise ValueError(f"peer listener endpoint {endpoint!r}: give a plain tcp: "
                                  f"endpoint, the peer transport adds mutual TLS itself")
             endpoint = serverFromString(self.reactor, endpoint)
+        elif not IStreamServerEndpoint.providedBy(endpoint):
+            host, port = _address(endpoint, "peer listener", port_min=0)
+            ip = ipaddress.ip_address(host) if _is_ip(host) else None
+            if ip is None:
+                raise ValueError(f"peer listener: bind an IP address, not {host!r} "
+                                 f"(0.0.0.0 or :: for all interfaces)")
+            endpoint_class = TCP4ServerEndpoint if ip.version == 4 else TCP6ServerEndpoint
+            endpoint = endpoint_class(self.reactor, port, interface=host)
         tls_factory = TLSMemoryBIOFactory(self.tls.server_creator(require_client_cert=True),
                                           False, _LinkFactory(self, None), clock=self.reactor)
         return PeerListenerService(self, endpoint, _AcceptFactory(self, tls_factory))
@@ -536,13 +548,21 @@ class PeerTransport:
         return delay * (1.0 + 0.25 * self._rng.random())  # jitter: peers do not sync up
 
 
-def _address(address: object, peer_id: str) -> Address:
+def _address(address: object, what: str, port_min: int = 1) -> Address:
     if isinstance(address, tuple) and len(address) == 2:
         host, port = address
     else:
         host, port = getattr(address, "host", None), getattr(address, "port", None)
     if not isinstance(host, str) or not host or not isinstance(port, int) or not (
-            0 < port < 65536):
-        raise ValueError(f"peer {peer_id!r}: address must be (host, port) with a port "
-                         f"1..65535, got {address!r}")
+            port_min <= port < 65536):
+        raise ValueError(f"{what}: address must be (host, port) with a port "
+                         f"{port_min}..65535, got {address!r}")
     return host, port
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -381,3 +381,9 @@ def test_construction_checks(pki):
     assert [s.name for s in transport.service] == ["n2"]
     with pytest.raises(ValueError, match="plain tcp"):
         transport.listener_service("ssl:7001")
+    with pytest.raises(ValueError, match="bind an IP address"):
+        transport.listener_service(("localhost", 7001))
+    for endpoint in (7001, "tcp:7001:interface=127.0.0.1", ("::1", 7001)):
+        listener = transport.listener_service(endpoint)
+        assert listener.name == "peer-listener"
+        assert listener.endpoint._port == 7001

@@ -37,16 +37,16 @@ def wait_for(predicate, what: str, timeout_s: float = wait_s):
 class LiveNode:
     """A PeerTransport and its listener on 127.0.0.1, recording what it receives."""
 
-    def __init__(self, pki, node_id, credentials=None, port=0, **kwargs):
+    def __init__(self, pki, node_id, credentials=None, port=0, cluster=CLUSTER, **kwargs):
         self.node_id = node_id
         self.received: list[Message] = []
         self.unreachable: list[str] = []
         self.transport = PeerTransport(
             node_id, {}, credentials or pki.credentials(node_id), self.received.append,
-            reactor=reactor, on_unreachable=self.unreachable.append, cluster=CLUSTER,
+            reactor=reactor, on_unreachable=self.unreachable.append, cluster=cluster,
             backoff_initial_s=0.05, backoff_max_s=0.2, **kwargs)
         self.counters = self.transport.counters
-        self.listener = self.transport.listener_service(f"tcp:{port}:interface=127.0.0.1")
+        self.listener = self.transport.listener_service(("127.0.0.1", port))
         self.port = None
 
     @inlineCallbacks
@@ -233,6 +233,20 @@ def test_dialer_refuses_a_server_that_is_not_the_node_it_dialed(nodes):
     assert not n1.transport.is_connected("n2")
     # n3 hears n1's alert: its certificate was refused as the wrong identity.
     yield wait_for(lambda: n3.counters.refused_by_peer["wrong identity"] >= 1, "n3's view")
+
+
+@pytest_twisted.inlineCallbacks
+def test_listener_refuses_a_node_of_another_cluster(nodes):
+    n1, n2 = nodes("n1"), nodes("n2")
+    stranger = nodes("n2", cluster="staging")
+    yield started(n1, n2, stranger)
+    stranger.dial(n1)
+    yield wait_for(lambda: n1.counters.handshake_failures["wrong cluster"] >= 1, "refusal")
+    yield wait_for(lambda: stranger.counters.refused_by_peer["handshake failed"] >= 1,
+                   "the stranger to count the refusal")
+    assert not stranger.transport.is_connected("n1")
+    n2.dial(n1)
+    yield assert_serves(n1, n2)
 
 
 # -- bad frames close only their link ------------------------------------------------------
