@@ -13,18 +13,7 @@ Two families live here:
 
 from __future__ import annotations
 
-try:
-    from kvraft.raft import CompactedError, UnavailableError
-except ImportError:  # the core defines them in kvraft.raft.errors before it re-exports them
-    try:
-        from kvraft.raft.errors import CompactedError, UnavailableError
-    except ImportError:  # no core yet: stand-ins with the same names and meaning
-
-        class CompactedError(Exception):  # type: ignore[no-redef]
-            """The requested index is below ``first_index() - 1``."""
-
-        class UnavailableError(Exception):  # type: ignore[no-redef]
-            """The requested index is above ``last_index()``."""
+from kvraft.raft import CompactedError, UnavailableError
 
 __all__ = [
     "CompactedError",

@@ -1,11 +1,13 @@
 """The in-memory side of every ILogStore here: index ranges, terms and a tail cache.
 
 Memory budget (the WAL at 1M entries): the terms of all held entries live in one
-``array('Q')`` (8 bytes an entry, 8 MB at 1M), and only a suffix of the log is kept as
-``Entry`` objects, bounded by ``cache_bytes_max``. The core reads that suffix constantly
-(entries to send to followers that keep up, committed entries to apply); older entries,
-needed by a lagging follower, are read back from disk by the backend's
-``_read_uncached``. The memory backend keeps every entry (no bound, nothing on disk).
+``array('Q')`` (8 bytes an entry, 8 MB at 1M; the WAL adds 8 bytes of file offset), and
+only a suffix of the log is kept as ``Entry`` objects, bounded by ``cache_bytes_max``
+counted as real memory (``cache_cost``: data + ``ENTRY_OBJECT_BYTES``). The core reads
+that suffix constantly (entries to send to followers that keep up, committed entries to
+apply); older entries, needed by a lagging follower or a restart's replay, are read
+back from disk by the backend's ``_read_uncached``. The memory backend keeps every
+entry (no bound, nothing on disk).
 """
 
 from __future__ import annotations
@@ -15,6 +17,15 @@ from collections.abc import Sequence
 
 from kvraft.raft.types import Entry
 from kvraft.storage.errors import CompactedError, UnavailableError
+
+ENTRY_OBJECT_BYTES = 160
+"""Python memory of an ``Entry`` besides its data (the object, its ints, the bytes
+header, the list slot): what the cache charges per entry on top of ``len(data)``."""
+
+
+def cache_cost(entry: Entry) -> int:
+    """Bytes an entry costs the cache: its data plus ``ENTRY_OBJECT_BYTES``."""
+    return len(entry.data) + ENTRY_OBJECT_BYTES
 
 
 def limit_size(entries: list[Entry], max_bytes: int | None, used: int = 0) -> list[Entry]:
@@ -40,7 +51,7 @@ class IndexedLog:
     * terms never decrease along the log (Raft's Log Matching relies on it).
     * the cache holds entries ``[cache_first, last_index()]`` exactly, contiguous, as the
       list slice ``_cache[_cache_head:]``; ``snap_index < cache_first <= last_index() + 1``.
-    * ``_cache_bytes`` is the ``size()`` total of that slice.
+    * ``_cache_bytes`` is the ``cache_cost`` total of that slice.
     """
 
     def __init__(self, snap_index: int = 0, snap_term: int = 0,
@@ -140,7 +151,7 @@ class IndexedLog:
         """Record ``entries`` starting at ``last_index() + 1``."""
         self._terms.extend(e.term for e in entries)
         self._cache.extend(entries)
-        self._cache_bytes += sum(e.size() for e in entries)
+        self._cache_bytes += sum(map(cache_cost, entries))
         self._evict()
 
     def _index_truncate(self, index: int) -> None:
@@ -150,7 +161,7 @@ class IndexedLog:
             self._clear_cache(index)
             return
         cut = self._cache_head + index - self._cache_first
-        self._cache_bytes -= sum(e.size() for e in self._cache[cut:])
+        self._cache_bytes -= sum(map(cache_cost, self._cache[cut:]))
         del self._cache[cut:]
 
     def _index_compact(self, index: int) -> None:
@@ -161,7 +172,7 @@ class IndexedLog:
         if self._cache_first <= index:
             drop = index + 1 - self._cache_first
             end = self._cache_head + drop
-            self._cache_bytes -= sum(e.size() for e in self._cache[self._cache_head:end])
+            self._cache_bytes -= sum(map(cache_cost, self._cache[self._cache_head:end]))
             self._cache_head = end
             self._cache_first = index + 1
             self._pack_cache()
@@ -184,7 +195,7 @@ class IndexedLog:
             return
         cache, head = self._cache, self._cache_head
         while self._cache_bytes > limit and head < len(cache):
-            self._cache_bytes -= cache[head].size()
+            self._cache_bytes -= cache_cost(cache[head])
             head += 1
         self._cache_first += head - self._cache_head
         self._cache_head = head
@@ -204,7 +215,7 @@ class IndexedLog:
         assert self._snap_index < self._cache_first <= self.last_index() + 1
         hot = self._cache[self._cache_head:]
         assert len(hot) == self.last_index() + 1 - self._cache_first, "cache is not a suffix"
-        assert self._cache_bytes == sum(e.size() for e in hot)
+        assert self._cache_bytes == sum(map(cache_cost, hot))
         for offset, entry in enumerate(hot):
             assert entry.index == self._cache_first + offset
             assert entry.term == self.term(entry.index)

@@ -14,11 +14,12 @@ from kvraft.storage.errors import RESTORE_ADVICE, CorruptLogError, StorageError
 from kvraft.storage.records import (
     SEGMENT_HEADER,
     RecordError,
-    decode_entry,
+    decode_entries,
     decode_segment_header,
     decode_term_index,
     encode_segment_header,
     read_record,
+    scan_records,
     segment_name,
 )
 
@@ -106,35 +107,38 @@ class Segment:
         anything else wrong raises ``CorruptLogError`` naming the file and offset."""
         data = memoryview(fsutil.pread_exact(self.fd, os.fstat(self.fd).st_size, 0))
         result = ScanResult()
-        pos = SEGMENT_HEADER.size
-        expected = self.first_index
-        while pos < len(data):
-            try:
-                payload, end = read_record(data, pos)
-            except RecordError as e:
-                if is_last and self._is_torn(data, pos, e):
-                    result.torn_offset, result.torn_reason = pos, str(e)
-                    result.torn_bytes = len(data) - pos
-                    self._cut_torn_tail(pos, result)
-                    break
-                raise self._corrupt(pos, f"{e}, and more data follows it") from None
-            try:
-                term, index = decode_term_index(payload)
-            except ValueError as e:
-                raise self._corrupt(pos, str(e)) from None
-            if index != expected:
-                raise self._corrupt(pos, f"a record for index {index} where index "
-                                         f"{expected} belongs")
-            if term < previous_term:
-                raise self._corrupt(pos, f"entry {index} has term {term}, below the term "
-                                         f"{previous_term} before it")
-            self.offsets.append(pos)
-            result.terms.append(term)
-            previous_term = term
-            expected += 1
-            pos = end
-        self.end = pos
+        pos, _, _ = scan_records(data, SEGMENT_HEADER.size, self.first_index,
+                                 previous_term, self.offsets, result.terms)
+        if pos < len(data):
+            self._diagnose(data, pos, result, is_last, previous_term)
+        self.end = len(data) if result.torn_offset is None else result.torn_offset
         return result
+
+    def _diagnose(self, data: memoryview, pos: int, result: ScanResult, is_last: bool,
+                  previous_term: int) -> None:
+        """Explain the record ``scan_records`` stopped at: cut it off if it is a torn
+        tail, raise ``CorruptLogError`` otherwise."""
+        try:
+            payload, _ = read_record(data, pos)
+        except RecordError as e:
+            if is_last and self._is_torn(data, pos, e):
+                result.torn_offset, result.torn_reason = pos, str(e)
+                result.torn_bytes = len(data) - pos
+                self._cut_torn_tail(pos, result)
+                return
+            raise self._corrupt(pos, f"{e}, and more data follows it") from None
+        try:
+            term, index = decode_term_index(payload)
+        except ValueError as e:
+            raise self._corrupt(pos, str(e)) from None
+        expected = self.first_index + len(self.offsets)
+        if index != expected:
+            raise self._corrupt(pos, f"a record for index {index} where index {expected} "
+                                     "belongs")
+        if result.terms:
+            previous_term = result.terms[-1]
+        raise self._corrupt(pos, f"entry {index} has term {term}, below the term "
+                                 f"{previous_term} before it")
 
     @staticmethod
     def _is_torn(data: memoryview, pos: int, error: RecordError) -> bool:
@@ -221,21 +225,16 @@ class Segment:
     def _read_window(self, k: int, j: int) -> list[Entry]:
         start = self.offsets[k]
         data = memoryview(fsutil.pread_exact(self.fd, self._offset(j) - start, start))
-        out = []
-        pos = 0
-        expected = self.first_index + k
-        while pos < len(data):
+        out, pos = decode_entries(data, self.first_index + k)
+        if pos < len(data):  # bit rot since the open scan, or a bug: say where
             try:
-                payload, end = read_record(data, pos)
-                entry = decode_entry(payload)
+                payload, _ = read_record(data, pos)
+                index = decode_term_index(payload)[1]
+                expected = self.first_index + k + len(out)
+                what = f"a record for index {index} where index {expected} belongs"
             except ValueError as e:
-                raise self._corrupt(start + pos, f"{e} (found on read)") from None
-            if entry.index != expected:
-                raise self._corrupt(start + pos, f"a record for index {entry.index} where "
-                                                 f"index {expected} belongs (found on read)")
-            out.append(entry)
-            expected += 1
-            pos = end
+                what = str(e)
+            raise self._corrupt(start + pos, f"{what} (found on read)")
         return out
 
     def close(self) -> None:

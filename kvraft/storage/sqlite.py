@@ -26,7 +26,7 @@ from kvraft.raft.types import Entry, EntryType, HardState
 from kvraft.storage import fsutil
 from kvraft.storage.base import Storage, parse_options
 from kvraft.storage.errors import RESTORE_ADVICE, CorruptLogError, StorageError
-from kvraft.storage.logindex import IndexedLog
+from kvraft.storage.logindex import ENTRY_OBJECT_BYTES, IndexedLog, cache_cost
 from kvraft.storage.snapshots import FileSnapshotStore
 
 DEFAULTS = {
@@ -34,6 +34,8 @@ DEFAULTS = {
     "snapshot_chunk_bytes": 1024 * 1024,
 }
 DB_NAME = "kvraft.sqlite3"
+CACHE_WARM_BYTES_MAX = 4 * 1024 * 1024
+"""How much of the log tail ``open`` reads back into the cache."""
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -156,10 +158,11 @@ class SqliteLogStore(IndexedLog):
         self._clear_cache(self.last_index() + 1)
         if self._cache_bytes_max is None:
             return
-        lo, budget = self.last_index() + 1, self._cache_bytes_max
+        # Warm a small tail only (see the WAL's _warm_cache for why).
+        lo, budget = self.last_index() + 1, min(self._cache_bytes_max, CACHE_WARM_BYTES_MAX)
         for (size,) in self._db.query(
-                "SELECT length(data) + 16 FROM log WHERE idx > ? ORDER BY idx DESC",
-                (self._snap_index,)):
+                "SELECT length(data) + ? FROM log WHERE idx > ? ORDER BY idx DESC LIMIT ?",
+                (ENTRY_OBJECT_BYTES, self._snap_index, budget // ENTRY_OBJECT_BYTES + 1)):
             if size > budget:
                 break
             budget -= size
@@ -168,7 +171,7 @@ class SqliteLogStore(IndexedLog):
             entries = self._read_uncached(lo, self.last_index() + 1, None)
             self._clear_cache(lo)
             self._cache.extend(entries)
-            self._cache_bytes = sum(e.size() for e in entries)
+            self._cache_bytes = sum(map(cache_cost, entries))
 
     def _read_uncached(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
         out: list[Entry] = []

@@ -43,7 +43,7 @@ from kvraft.raft.types import Entry, HardState
 from kvraft.storage import fsutil
 from kvraft.storage.base import Storage, parse_options
 from kvraft.storage.errors import RESTORE_ADVICE, CorruptLogError, StorageError
-from kvraft.storage.logindex import IndexedLog
+from kvraft.storage.logindex import ENTRY_OBJECT_BYTES, IndexedLog, cache_cost
 from kvraft.storage.records import encode_record, parse_segment_name
 from kvraft.storage.segment import Segment, storage_error
 from kvraft.storage.snapshots import FileSnapshotStore
@@ -57,7 +57,9 @@ DEFAULTS = {
     "snapshot_chunk_bytes": 1024 * 1024,
 }
 """``segment_bytes_max``: roll to a new segment past this size. ``cache_bytes_max``:
-entries kept in memory as objects (the newest ones; older ones are read from disk)."""
+memory for the newest entries kept as objects (older ones are read from disk)."""
+CACHE_WARM_BYTES_MAX = 4 * 1024 * 1024
+"""How much of the log tail ``open`` reads back into the cache."""
 
 
 @implementer(ILogStore)
@@ -187,28 +189,27 @@ class WalLogStore(IndexedLog):
         self._terms.extend(terms)
 
     def _warm_cache(self) -> None:
-        if self._cache_bytes_max is None or self.last_index() < self.first_index():
-            return
+        # Only a small tail: followers' next entries and uncommitted entries sit there.
+        # Warming all of cache_bytes_max would decode up to hundreds of thousands of
+        # entries that a restart may never read (replay reads them in bounded chunks).
+        budget = min(self._cache_bytes_max or 0, CACHE_WARM_BYTES_MAX)
         lo = self.last_index() + 1
-        budget = self._cache_bytes_max
         for segment in reversed(self._segments):
             k = segment.count
             while k > 0 and lo > self.first_index():
-                size = segment.end - segment.offsets[k - 1] if k == segment.count else \
-                    segment.offsets[k] - segment.offsets[k - 1]
-                if size > budget:
+                cost = segment._offset(k) - segment.offsets[k - 1] + ENTRY_OBJECT_BYTES
+                if cost > budget:
                     break
-                budget -= size
+                budget -= cost
                 k -= 1
                 lo -= 1
-            else:
-                continue
-            break
+            if k > 0 or lo <= self.first_index():
+                break
         if lo <= self.last_index():
             entries = self._read_uncached(lo, self.last_index() + 1, None)
             self._clear_cache(lo)
             self._cache.extend(entries)
-            self._cache_bytes = sum(e.size() for e in entries)
+            self._cache_bytes = sum(map(cache_cost, entries))
 
     # -- ILogStore -----------------------------------------------------------------------
 

@@ -381,3 +381,11 @@ def test_random_operations_match_a_simple_model(harness):
         check_log(s.log, model, first, last)
         if first > 1 and first - 1 in model:
             assert s.log.term(first - 1) == model[first - 1].term, step
+
+
+def test_range_errors_are_the_cores_own_classes():
+    # The core catches these by class: storage must raise exactly the core's.
+    import kvraft.raft
+
+    assert CompactedError is kvraft.raft.CompactedError
+    assert UnavailableError is kvraft.raft.UnavailableError

@@ -27,7 +27,7 @@ from kvraft.storage.records import RECORD_HEADER, SEGMENT_HEADER, encode_record
 from kvraft.storage.wal import open_storage
 
 CHILD = Path(__file__).with_name("wal_crash_child.py")
-KILLS = 100
+KILLS = 60
 SEED = 20240611
 DEADLINE_S = 120  # a hung worker fails the test instead of hanging it
 
