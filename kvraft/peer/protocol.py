@@ -107,9 +107,11 @@ class PeerLink(Protocol):
         self.opened = False  # reached OPEN at some point (state may be CLOSED since)
         self.paused = False
         self.tls_handle = None  # the SSL.Connection; Twisted drops it after connectionLost
+        self.outbound = None  # the owner's bookkeeping for a dialed link
         self._frames = FrameBuffer(hello_bytes_max)
         self._hello_timer: IDelayedCall | None = None
         self._tls_done = False
+        self._hello_sent = False
         self._counted = False  # this link's failure was already counted
         self._closed_by_us = False
 
@@ -205,6 +207,9 @@ class PeerLink(Protocol):
     # -- hello --------------------------------------------------------------------------
 
     def _send_hello(self) -> None:
+        if self._hello_sent:
+            return
+        self._hello_sent = True
         self.transport.write(encode_hello(self.owner.node_id, self.owner.cluster))
 
     def _handle_hello(self, body: bytes) -> None:

@@ -115,6 +115,8 @@ class _LinkFactory(Factory):
         link.outbound = self.outbound
         if self.outbound is None:
             self.transport._incoming.add(link)
+        else:
+            self.transport._outgoing.add(link)
         return link
 
 
@@ -142,8 +144,9 @@ class _PeersService(MultiService):
 
     ClientService stops a connection with ``loseConnection``, and Twisted's TLS
     transport waits for a registered producer (our flow control) to unregister before
-    it closes; a peer link never does, so a graceful close would hang until TCP gave up.
-    Raft needs no graceful goodbye: abort.
+    it closes, and for the peer's close_notify after that; a peer link never
+    unregisters, and a hung peer never answers, so a graceful close could wait until
+    TCP gave up. Raft needs no graceful goodbye: abort.
     """
 
     def __init__(self, transport: PeerTransport):
@@ -153,11 +156,8 @@ class _PeersService(MultiService):
 
     def stopService(self) -> Deferred:
         stopped = super().stopService()  # marks us stopped first: no unreachable reports
-        for out in self.transport._outbound.values():
-            link, out.link = out.link, None
-            if link is not None:
-                link.close()
-            self.transport._drop_pending(out)
+        for link in list(self.transport._outgoing):
+            link.close()
         return stopped
 
 
@@ -281,6 +281,7 @@ class PeerTransport:
         self._rng = rng or random.Random()
         self._outbound: dict[str, _Outbound] = {}
         self._incoming: set[PeerLink] = set()  # every accepted link, open or not
+        self._outgoing: set[PeerLink] = set()  # every dialed link, open or not
         self._incoming_open: dict[str, PeerLink] = {}  # the open accepted link per peer
         self._dirty: set[_Outbound] = set()  # peers with frames to flush this turn
         self._flush_call = None
@@ -322,11 +323,11 @@ class PeerTransport:
         out = self._outbound.pop(peer_id, None)
         if out is None:
             return succeed(None)
+        for link in [link for link in self._outgoing if link.outbound is out]:
+            link.close()  # link_closed drops the queue
         self._drop_pending(out)
         self._dirty.discard(out)
-        link, out.link = out.link, None
-        if link is not None:
-            link.close()
+        out.link = None
         return out.service.disownServiceParent() or succeed(None)
 
     def is_connected(self, peer_id: str) -> bool:
@@ -468,7 +469,7 @@ class PeerTransport:
 
     def link_opened(self, link: PeerLink) -> None:
         """A link finished its hello exchange."""
-        out = getattr(link, "outbound", None)
+        out = link.outbound
         if out is not None:
             if self._outbound.get(out.peer_id) is not out:
                 link.close()  # the peer was removed (or re-added) while this link opened
@@ -488,12 +489,13 @@ class PeerTransport:
 
     def link_closed(self, link: PeerLink, reason: Failure, was_open: bool) -> None:
         """A link's connection is gone."""
-        out = getattr(link, "outbound", None)
+        out = link.outbound
         if out is None:
             self._incoming.discard(link)
             if self._incoming_open.get(link.peer_id) is link:
                 del self._incoming_open[link.peer_id]
             return
+        self._outgoing.discard(link)
         if out.link is link:
             out.link = None
             self._dirty.discard(out)
@@ -508,7 +510,7 @@ class PeerTransport:
 
     def link_writable(self, link: PeerLink) -> None:
         """The link drained after a pause: write what queued up meanwhile."""
-        out = getattr(link, "outbound", None)
+        out = link.outbound
         if out is not None and out.link is link:
             self._flush_out(out)
 

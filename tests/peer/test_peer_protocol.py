@@ -340,6 +340,15 @@ def test_a_redial_replaces_the_old_incoming_link(node):
     assert node.counters.handshake_failures == {}  # replacing is not a failure
 
 
+def test_connections_beyond_incoming_links_max_are_refused_before_tls(pki):
+    node = Node(pki, incoming_links_max=2)
+    listener = node.transport.listener_service(("127.0.0.1", 0))
+    built = [listener.factory.buildProtocol(None) for _ in range(3)]
+    assert built[0] is not None and built[1] is not None and built[2] is None
+    assert node.counters.handshake_failures == {"too many links": 1}
+    assert len(node.transport._incoming) == 2
+
+
 # -- membership and construction ----------------------------------------------------------
 
 

@@ -9,10 +9,11 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet import ssl as twisted_ssl
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from kvraft.peer import codec
@@ -298,6 +299,35 @@ def test_reconnects_with_backoff_after_the_peer_restarts(nodes):
     yield restarted.start()
     yield assert_serves(restarted, n1)
     assert n1.counters.peer("n2").links_opened == 2
+
+
+@implementer(IHandshakeListener)
+class FrozenPeer(Protocol):
+    """Completes TLS, then stops reading: a peer process that hung (SIGSTOP, GC pause)."""
+
+    connected = 0
+
+    def handshakeCompleted(self):
+        FrozenPeer.connected += 1
+        self.transport.pauseProducing()
+
+
+@pytest_twisted.inlineCallbacks
+def test_stopping_does_not_wait_for_a_hung_peer(nodes, pki):
+    n1 = nodes("n1")
+    yield n1.start()
+    FrozenPeer.connected = 0
+    server = TLSMemoryBIOFactory(pki.credentials("n2").server_creator(), False,
+                                 Factory.forProtocol(FrozenPeer), clock=reactor)
+    port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server)
+    try:
+        n1.transport.add_peer("n2", ("127.0.0.1", port.getHost().port))
+        yield wait_for(lambda: FrozenPeer.connected == 1, "n1 to reach the frozen peer")
+        # n1's hello sits unread; its link is still waiting for the peer's hello.
+        yield n1.transport.service.stopService().addTimeout(2.0, reactor)
+        assert not n1.transport.is_connected("n2")
+    finally:
+        yield port.stopListening()
 
 
 @pytest_twisted.inlineCallbacks
