@@ -32,8 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
-
 from kvraft.raft import (
     ConfState,
     Entry,
@@ -47,11 +45,12 @@ from kvraft.raft import (
     Ready,
     Role,
 )
-from kvraft.testing.clients import ClientReply, ClientRequest, SimClient
+from kvraft.testing.clients import ClientRequest, SimClient
 from kvraft.testing.durable_storage import SimStorage
 from kvraft.testing.invariants import InvariantViolation, SafetyMonitor
 from kvraft.testing.kvmodel import KVMachine, encode_batch
 from kvraft.testing.network import NetworkFaults, SimNetwork
+from kvraft.testing.serving import ClientServing
 
 try:  # the core's stable message text, when present
     from kvraft.raft import describe_message as _describe_message
@@ -97,7 +96,7 @@ class SimNode:
     completeness_due: tuple[int, int] | None = None  # (term, applied upto) to check
 
 
-class SimCluster:
+class SimCluster(ClientServing):
     """A cluster of ``nodes`` (a count, or names) on one deterministic event loop."""
 
     def __init__(self, nodes: int | tuple[str, ...] = 3, *, seed: int = 0,
@@ -362,31 +361,6 @@ class SimCluster:
             self.note("campaign", name)
             self._after_input(node)
 
-    def add_client(self, client: SimClient) -> None:
-        """Register a client so replies and timers reach it."""
-        self.clients[client.id] = client
-
-    # == the client driver (what SimClient calls) ==========================================
-
-    def client_send(self, node: str, request: ClientRequest) -> None:
-        if self.client_drop_rate and self.rng.random() < self.client_drop_rate:
-            return
-        self.schedule(self.rng.randint(1, self.client_delay_steps_max), "creq", node, request)
-
-    def client_timer(self, client: SimClient, delay: int, request: int, attempt: int) -> None:
-        self.schedule(delay, "ctimer", client.id, request, attempt)
-
-    def client_wake(self, client: SimClient, delay: int) -> None:
-        self.schedule(delay, "cwake", client.id)
-
-    def _reply(self, request: ClientRequest, kind: str, result: Any = None,
-               hint: str = "") -> None:
-        reply = ClientReply(request.client, request.request, request.attempt, kind, result,
-                            hint)
-        if self.client_drop_rate and self.rng.random() < self.client_drop_rate:
-            return
-        self.schedule(self.rng.randint(1, self.client_delay_steps_max), "crep", reply)
-
     # == events ==============================================================================
 
     def _on_tick(self, name: str, incarnation: int) -> None:
@@ -434,46 +408,6 @@ class SimCluster:
         self._maybe_compact(node)
         self._after_input(node)
 
-    def _on_creq(self, name: str, request: ClientRequest) -> None:
-        node = self.nodes[name]
-        if not node.alive:
-            return
-        core = node.core
-        if request.f == "get":
-            ctx = msgpack.packb([request.client, request.request, request.attempt])
-            try:
-                core.read_index(ctx)
-            except ProposalDropped as dropped:
-                self._reply(request, "redirect", dropped.reason, hint=core.lead)
-                return
-            finally:
-                self._after_input(node)
-            node.pending_reads[ctx] = request
-            return
-        if core.role != Role.Leader:
-            self._reply(request, "redirect", "not-leader", hint=core.lead)
-            return
-        data = encode_batch([{"c": request.client, "r": request.request, "f": request.f,
-                              "k": request.key, "v": request.value}])
-        try:
-            core.propose(data)
-        except ProposalDropped as dropped:
-            self._reply(request, "dropped", dropped.reason, hint=core.lead)
-            return
-        finally:
-            self._after_input(node)
-        node.pending_writes[(request.client, request.request)] = request.attempt
-        self.stats["proposals"] += 1
-
-    def _on_crep(self, reply: ClientReply) -> None:
-        self.clients[reply.client].on_reply(reply)
-
-    def _on_ctimer(self, client: int, request: int, attempt: int) -> None:
-        self.clients[client].on_timer(request, attempt)
-
-    def _on_cwake(self, client: int) -> None:
-        self.clients[client].start_next()
-
     def _on_snapstatus(self, leader: str, incarnation: int, follower: str, ok: bool) -> None:
         node = self.nodes[leader]
         if node.alive and node.incarnation == incarnation:
@@ -495,6 +429,11 @@ class SimCluster:
             self._handle_ready(node, core.ready())
 
     def _handle_ready(self, node: SimNode, rd: Ready) -> None:
+        # The core's own invariants, once per Ready (per input costs ~25% more time).
+        try:
+            node.core.check_invariants()
+        except AssertionError as broken:
+            raise InvariantViolation("core invariants", f"{node.id}: {broken}") from None
         storage = node.storage
         if rd.snapshot is not None and not rd.snapshot.is_empty():
             storage.write_snapshot(rd.snapshot)
@@ -550,22 +489,8 @@ class SimCluster:
                 node.kv.last_applied = entry.index  # membership is not simulated yet
                 continue
             for client, request, result in node.kv.apply(entry.index, entry.data):
-                attempt = node.pending_writes.pop((client, request), None)
-                if attempt is not None and result is not None:
-                    self._reply(ClientRequest(client, request, attempt, "", "", None),
-                                "ok", result)
+                self._answer_write(node, client, request, result)
         self.stats["applied"] += len(rd.committed_entries)
-
-    def _serve_reads(self, node: SimNode) -> None:
-        if not node.waiting_reads:
-            return
-        still = []
-        for index, request in node.waiting_reads:
-            if index <= node.applied:
-                self._reply(request, "ok", node.kv.get(request.key))
-            else:
-                still.append((index, request))
-        node.waiting_reads = still
 
     def _maybe_compact(self, node: SimNode) -> None:
         every = self.settings.snapshot_every

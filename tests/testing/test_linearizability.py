@@ -305,7 +305,7 @@ def tiny_histories(draw) -> list[dict]:
     return [record for _, record in sorted(events, key=lambda e: e[0])]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(tiny_histories())
 def test_agrees_with_brute_force(history):
     assert check(history).ok == brute_force_linearizable(history)
