@@ -66,7 +66,7 @@ from kvraft.peer.counters import (
     TransportCounters,
 )
 from kvraft.peer.protocol import PeerLink, hello_bytes_max, hello_timeout_s_default
-from kvraft.raft.types import LOCAL_MESSAGES, Message
+from kvraft.raft.types import LOCAL_MESSAGES, Message, MsgType
 
 frame_bytes_max_default = 16 * 1024 * 1024
 queue_bytes_max_default = 32 * 1024 * 1024
@@ -88,7 +88,7 @@ class _Outbound:
     """Our link to one peer: its ClientService, the open PeerLink, the send queue."""
 
     __slots__ = ("peer_id", "address", "service", "link", "pending", "pending_bytes",
-                 "failures")
+                 "pending_snapshots", "failures")
 
     def __init__(self, peer_id: str, address: Address):
         self.peer_id = peer_id
@@ -97,6 +97,7 @@ class _Outbound:
         self.link: PeerLink | None = None  # set only while OPEN
         self.pending: list[bytes] = []  # encoded frames not yet written
         self.pending_bytes = 0  # 0 <= pending_bytes <= queue_bytes_max
+        self.pending_snapshots = 0  # MsgSnap frames among pending (for snapshot status)
         self.failures = 0  # connections in a row that closed before the hello exchange
 
 
@@ -227,7 +228,10 @@ class PeerTransport:
     ``tls_options`` is our ``kvraft.tls.TLSCredentials``: its certificate must be node
     ``node_id``'s. ``on_message(msg)`` receives each checked message from a peer;
     ``on_unreachable(peer_id)`` hears, rate-limited, that messages to a peer were
-    dropped. Both are plain attributes and may be set after construction.
+    dropped. ``on_snapshot_status(peer_id, ok)`` hears, once per MsgSnap, whether it was
+    written to the peer's connection (True) or dropped (False): wire it to the core's
+    ``report_snapshot`` or a dropped snapshot leaves that follower waiting forever. All
+    three are plain attributes and may be set after construction.
 
     ``service`` (a ``MultiService`` named ``"peers"``, one ``ClientService`` per peer)
     dials the peers while running; ``listener_service(endpoint)`` makes the service that
@@ -266,6 +270,7 @@ class PeerTransport:
         self.tls = tls_options
         self.on_message = on_message
         self.on_unreachable = on_unreachable
+        self.on_snapshot_status: Callable[[str, bool], None] | None = None
         self.reactor = reactor
         self.clock = reactor
         self.frame_bytes_max = frame_bytes_max
@@ -376,13 +381,14 @@ class PeerTransport:
         to = msg.to
         if msg.type in LOCAL_MESSAGES or to == self.node_id:
             raise ValueError(f"{msg.type.name} to {to!r} must not be sent over the network")
+        snapshot = msg.type is MsgType.MsgSnap
         out = self._outbound.get(to)
         if out is None:
-            self._drop(to, DROP_UNKNOWN_PEER)
+            self._drop(to, DROP_UNKNOWN_PEER, snapshots=snapshot)
             return
         link = out.link
         if link is None:
-            self._drop(to, DROP_LINK_DOWN)
+            self._drop(to, DROP_LINK_DOWN, snapshots=snapshot)
             return
         data = encode_message(msg)
         size = len(data)
@@ -390,13 +396,14 @@ class PeerTransport:
             log.error("dropping a {size}-byte {kind} to {to}: over frame_bytes_max "
                       "({limit}); lower raft max_msg_bytes or the snapshot chunk size",
                       size=size, kind=msg.type.name, to=to, limit=self.frame_bytes_max)
-            self._drop(to, DROP_OVERSIZED)
+            self._drop(to, DROP_OVERSIZED, snapshots=snapshot)
             return
         if out.pending_bytes + size > self.queue_bytes_max:
-            self._drop(to, DROP_QUEUE_FULL)
+            self._drop(to, DROP_QUEUE_FULL, snapshots=snapshot)
             return
         out.pending.append(data)
         out.pending_bytes += size
+        out.pending_snapshots += snapshot
         if not link.paused:
             self._dirty.add(out)
             if self._flush_call is None:
@@ -426,21 +433,36 @@ class PeerTransport:
             return
         pending, out.pending = out.pending, []
         size, out.pending_bytes = out.pending_bytes, 0
+        snapshots, out.pending_snapshots = out.pending_snapshots, 0
         link.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
         counters = self.counters.peer(out.peer_id)
         counters.frames_sent += len(pending)
         counters.bytes_sent += size
+        self._report_snapshots(out.peer_id, snapshots, True)
 
-    def _drop(self, peer_id: str, reason: str, frames: int = 1) -> None:
+    def _drop(self, peer_id: str, reason: str, frames: int = 1, snapshots: int = 0) -> None:
         self.counters.drops[reason] += frames
         self.counters.peer(peer_id).frames_dropped += frames
+        self._report_snapshots(peer_id, snapshots, False)
         self._report_unreachable(peer_id)
 
     def _drop_pending(self, out: _Outbound) -> None:
         if out.pending:
             self.counters.drops[DROP_LINK_DOWN] += len(out.pending)
             self.counters.peer(out.peer_id).frames_dropped += len(out.pending)
-        out.pending, out.pending_bytes = [], 0
+        snapshots = out.pending_snapshots
+        out.pending, out.pending_bytes, out.pending_snapshots = [], 0, 0
+        self._report_snapshots(out.peer_id, snapshots, False)
+
+    def _report_snapshots(self, peer_id: str, count: int, ok: bool) -> None:
+        callback = self.on_snapshot_status
+        if not count or callback is None:
+            return
+        for _ in range(count):
+            try:
+                callback(peer_id, ok)
+            except Exception:
+                log.failure("on_snapshot_status({peer}, {ok}) raised", peer=peer_id, ok=ok)
 
     def _report_unreachable(self, peer_id: str) -> None:
         callback = self.on_unreachable

@@ -16,7 +16,7 @@ from kvraft.peer import codec
 from kvraft.peer.codec import FrameBuffer, Hello, encode_hello, encode_message
 from kvraft.peer.protocol import PeerLink, hello_bytes_max
 from kvraft.peer.transport import PeerTransport
-from kvraft.raft.types import Entry, Message, MsgType
+from kvraft.raft.types import ConfState, Entry, Message, MsgType, Snapshot, SnapshotMetadata
 
 CLUSTER = "test"
 
@@ -193,6 +193,27 @@ def test_a_lost_link_drops_its_queue_and_reports_the_peer(node):
     assert node.counters.drops["link down"] == 1
     assert node.unreachable == ["n2"]
     node.reactor.advance(0)  # the scheduled flush finds nothing to write
+
+
+def snap(to="n2") -> Message:
+    return Message(MsgType.MsgSnap, to=to, frm="n1", term=2, snapshot=Snapshot(
+        SnapshotMetadata(index=10, term=2, conf_state=ConfState(voters=("n1", "n2"))),
+        b"image"))
+
+
+def test_snapshot_status_is_reported_once_per_msgsnap(node):
+    statuses = []
+    node.transport.on_snapshot_status = lambda peer, ok: statuses.append((peer, ok))
+    link, wire = node.dial("n2")
+    node.transport.send(snap())
+    assert statuses == []  # queued, not yet written
+    node.reactor.advance(0)
+    assert statuses == [("n2", True)]
+    node.transport.send(snap("n3"))  # no link to n3
+    assert statuses[-1] == ("n3", False)
+    node.transport.send_many([snap(), hb()])
+    wire.abortConnection()  # the queued snapshot never left
+    assert statuses[-1] == ("n2", False) and len(statuses) == 3
 
 
 def test_refused_connections_back_off_exponentially(node):
