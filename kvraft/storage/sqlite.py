@@ -330,11 +330,14 @@ def open_storage(data_dir: str, options: dict | None = None) -> Storage:
     Options: ``cache_bytes_max``, ``snapshot_chunk_bytes``.
     """
     settings = parse_options("sqlite", options, DEFAULTS)
-    os.makedirs(data_dir, exist_ok=True)
     try:
+        os.makedirs(data_dir, exist_ok=True)
         lock = fsutil.lock_dir(data_dir)
     except BlockingIOError as e:
         raise StorageError(str(e)) from None
+    except OSError as e:
+        raise StorageError(f"could not use {data_dir} as data_dir: {e}. Check its path "
+                           "and permissions.") from None
     db = None
     try:
         db = _Database(os.path.join(data_dir, DB_NAME))
@@ -349,12 +352,14 @@ def open_storage(data_dir: str, options: dict | None = None) -> Storage:
         stable = SqliteStableStore(db, log_start=log_store.first_index() - 1)
         snapshots = FileSnapshotStore(os.path.join(data_dir, "snap"),
                                       settings["snapshot_chunk_bytes"])
-    except sqlite3.DatabaseError as e:
+    except (sqlite3.DatabaseError, OSError) as e:
         if db is not None:
             db.conn.close()
         fsutil.unlock_dir(lock)
-        raise StorageError(f"{os.path.join(data_dir, DB_NAME)} is unreadable: {e}. To "
-                           f"recover, {RESTORE_ADVICE}.") from None
+        raise StorageError(
+            f"could not open or read {os.path.join(data_dir, DB_NAME)}: {e}. If it is a "
+            "permission or disk problem, fix that and restart; if the file is damaged, "
+            f"{RESTORE_ADVICE}.") from None
     except BaseException:
         if db is not None:
             db.conn.close()

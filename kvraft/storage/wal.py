@@ -307,29 +307,33 @@ class WalLogStore(IndexedLog):
             return
         # The state file must never claim a log start beyond what is durable in the log.
         self.sync()
-        term = self.term(index)
-        self._state.snap_index, self._state.snap_term = index, term
-        self._save_state()
+        self._save_log_start(index, self.term(index), self._state.generation)
         self._index_compact(index)
         # Unlinks need no directory fsync: a segment that comes back after a crash lies
-        # below the recorded log start and is removed on open.
+        # below the recorded log start and is removed on open. A failed unlink is
+        # harmless for the same reason.
         while len(self._segments) > 1 and self._segments[1].first_index <= index + 1:
-            self._segments.pop(0).remove()
+            segment = self._segments.pop(0)
             self._firsts.pop(0)
+            try:
+                segment.remove()
+            except OSError as e:
+                log.warn("could not remove compacted WAL segment {path}: {error}; it will "
+                         "be removed when the log is next opened", path=segment.path,
+                         error=str(e))
 
     def reset(self, index: int, term: int) -> None:
         """Replace the whole log by an empty one starting after ``index``/``term``.
         Durable when it returns."""
         self._check_usable()
-        state = self._state
-        state.snap_index, state.snap_term = index, term
-        state.generation += 1
-        self._synced_index = index  # the state file may claim a commit up to the snapshot
-        self._save_state()
+        # The new log start and generation are the commit point: from here on, every
+        # segment of the old generation is a leftover (removed on open after a crash).
+        generation = self._state.generation + 1
+        self._save_log_start(index, term, generation)
         try:
             for segment in self._segments:
                 segment.remove()
-            self._segments = [Segment.create(self._dir, state.generation, index + 1)]
+            self._segments = [Segment.create(self._dir, generation, index + 1)]
         except OSError as e:
             raise self._fail("reset the log in", self._dir, e) from None
         self._firsts = [index + 1]
@@ -349,11 +353,16 @@ class WalLogStore(IndexedLog):
 
     # -- failure handling ----------------------------------------------------------------
 
-    def _save_state(self) -> None:
+    def _save_log_start(self, index: int, term: int, generation: int) -> None:
+        state = self._state
+        old = state.snap_index, state.snap_term, state.generation
+        state.snap_index, state.snap_term, state.generation = index, term, generation
         try:
-            self._state.save()
+            state.save()
         except OSError as e:
-            raise self._fail("write", self._state.path, e) from None
+            # Keep memory as on disk: the stable store may still write this file.
+            state.snap_index, state.snap_term, state.generation = old
+            raise self._fail("write", state.path, e) from None
 
     def _fail(self, action: str, path: str, error: OSError) -> StorageError:
         self._failed = storage_error(action, path, error)
@@ -432,11 +441,14 @@ def open_storage(data_dir: str, options: dict | None = None) -> Storage:
     log or the state file is corrupt.
     """
     settings = parse_options("wal", options, DEFAULTS)
-    os.makedirs(data_dir, exist_ok=True)
     try:
+        os.makedirs(data_dir, exist_ok=True)
         lock = fsutil.lock_dir(data_dir)
     except BlockingIOError as e:
         raise StorageError(str(e)) from None
+    except OSError as e:
+        raise StorageError(f"could not use {data_dir} as data_dir: {e}. Check its path "
+                           "and permissions.") from None
     try:
         state = _load_state(data_dir)
         log_store = WalLogStore(os.path.join(data_dir, "wal"), state,
@@ -448,6 +460,11 @@ def open_storage(data_dir: str, options: dict | None = None) -> Storage:
         except BaseException:
             log_store.close()
             raise
+    except OSError as e:
+        fsutil.unlock_dir(lock)
+        raise StorageError(
+            f"could not open the storage in {data_dir}: {e}. Check that the directory is "
+            "writable by this user and the disk has space, then restart.") from None
     except BaseException:
         fsutil.unlock_dir(lock)
         raise

@@ -269,6 +269,16 @@ def test_a_data_dir_is_opened_by_one_storage_at_a_time(backend, tmp_path):
     Harness(backend, str(tmp_path / "data")).close()  # released on close
 
 
+@pytest.mark.parametrize("backend", FILE_BACKENDS)
+def test_an_unusable_data_dir_is_an_operator_error_not_a_traceback(backend, tmp_path):
+    from storage_support import OPENERS
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageError, match="could not use .* as data_dir"):
+        OPENERS[backend](str(blocker / "data"), {})
+
+
 def test_unknown_options_are_refused_with_the_known_ones(harness, tmp_path):
     from storage_support import OPENERS
 
