@@ -39,8 +39,8 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 
 from twisted.application.internet import ClientService
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -50,7 +50,7 @@ from twisted.internet.endpoints import (
     serverFromString,
     wrapClientTLS,
 )
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -65,6 +65,7 @@ from kvraft.peer.counters import (
     DROP_UNKNOWN_PEER,
     TransportCounters,
 )
+from kvraft.peer.listener import AcceptFactory, PeerListenerService
 from kvraft.peer.protocol import PeerLink, hello_bytes_max, hello_timeout_s_default
 from kvraft.raft.types import LOCAL_MESSAGES, Message, MsgType
 
@@ -76,8 +77,6 @@ backoff_initial_s_default = 0.1  # a restarted peer is back within one election 
 backoff_max_s_default = 5.0  # a long-dead peer costs one connection attempt per 5 s
 backoff_factor = 2.0
 unreachable_interval_s_default = 1.0  # on_unreachable at most this often per peer
-
-TOO_MANY_LINKS = "too many links"
 
 log = Logger(namespace="kvraft.peer")
 
@@ -121,25 +120,6 @@ class _LinkFactory(Factory):
         return link
 
 
-class _AcceptFactory(Factory):
-    """Refuses connections beyond ``incoming_links_max`` before spending a handshake."""
-
-    noisy = False
-
-    def __init__(self, transport: PeerTransport, tls_factory: TLSMemoryBIOFactory):
-        self.transport = transport
-        self.tls_factory = tls_factory
-
-    def buildProtocol(self, addr):
-        transport = self.transport
-        if len(transport._incoming) >= transport.incoming_links_max:
-            transport.counters.handshake_failures[TOO_MANY_LINKS] += 1
-            log.warn("peer listener: refusing {addr}: {n} links already (incoming_links_max)",
-                     addr=addr, n=len(transport._incoming))
-            return None  # Twisted closes the socket
-        return self.tls_factory.buildProtocol(addr)
-
-
 class _PeersService(MultiService):
     """The ``"peers"`` MultiService: aborts our links before stopping the dialers.
 
@@ -160,64 +140,6 @@ class _PeersService(MultiService):
         for link in list(self.transport._outgoing):
             link.close()
         return stopped
-
-
-class PeerListenerService(Service):
-    """Accepts peer links on ``endpoint`` (named ``"peer-listener"``). Fails to start
-    (raises) if it cannot listen, so ``twistd`` exits with the reason."""
-
-    def __init__(self, transport: PeerTransport, endpoint: IStreamServerEndpoint,
-                 factory: Factory):
-        self.transport = transport
-        self.endpoint = endpoint
-        self.factory = factory
-        self.port: IListeningPort | None = None
-        self._waiters: list[Deferred] = []
-        self._failure: Failure | None = None
-        self.setName("peer-listener")
-
-    def startService(self) -> None:
-        super().startService()
-        self._failure = None
-        listening = self.endpoint.listen(self.factory)
-        listening.addCallbacks(self._listening, self._listen_failed)
-        if self._failure is not None:
-            self._failure.raiseException()
-
-    def stopService(self) -> Deferred:
-        super().stopService()
-        self.transport._close_incoming()
-        port, self.port = self.port, None
-        if port is None:
-            return succeed(None)
-        return port.stopListening() or succeed(None)
-
-    def when_listening(self) -> Deferred:
-        """Fires with the ``IListeningPort`` (``.getHost().port`` is the bound port)."""
-        if self.port is not None:
-            return succeed(self.port)
-        if self._failure is not None:
-            return fail(self._failure)
-        waiter: Deferred = Deferred()
-        self._waiters.append(waiter)
-        return waiter
-
-    def _listening(self, port: IListeningPort) -> None:
-        self.port = port
-        host = port.getHost()
-        log.info("peer listener on {address}",
-                 address=f"{getattr(host, 'host', host)}:{getattr(host, 'port', '')}")
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(port)
-
-    def _listen_failed(self, failure: Failure) -> None:
-        self._failure = failure
-        log.error("peer listener cannot listen on {endpoint}: {error}",
-                  endpoint=self.endpoint, error=failure.getErrorMessage())
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.errback(failure)
 
 
 class PeerTransport:
@@ -370,7 +292,7 @@ class PeerTransport:
             endpoint = endpoint_class(self.reactor, port, interface=host)
         tls_factory = TLSMemoryBIOFactory(self.tls.server_creator(require_client_cert=True),
                                           False, _LinkFactory(self, None), clock=self.reactor)
-        return PeerListenerService(self, endpoint, _AcceptFactory(self, tls_factory))
+        return PeerListenerService(self, endpoint, AcceptFactory(self, tls_factory))
 
     # -- sending ------------------------------------------------------------------------
 
@@ -550,9 +472,14 @@ class PeerTransport:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _close_incoming(self) -> None:
+    def close_incoming_links(self) -> None:
+        """Close every link peers dialed to us (the listener is stopping)."""
         for link in list(self._incoming):
             link.close()
+
+    def incoming_link_count(self) -> int:
+        """Links peers dialed to us, authenticated or not yet."""
+        return len(self._incoming)
 
     def _client_endpoint(self, host: str, port: int):
         try:
