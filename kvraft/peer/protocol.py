@@ -11,7 +11,8 @@ Life of a link (both sides run this protocol; ``dialed`` tells them apart)::
     checks cluster and id; link OPEN
     sends message frames             ──────► delivers each to the node
 
-Nothing but one small hello (``hello_bytes_max``) is read from a peer before it is
+The dialer sends nothing after its hello until the acceptor's hello arrives. Nothing
+but one small hello (``hello_bytes_max``) is read from a peer before it is
 authenticated, and a peer that stays silent is dropped after ``hello_timeout_s``. Once
 open, every frame must decode (``kvraft.peer.codec``), come from the authenticated peer
 and be addressed to us. Any violation is logged, counted and closes this link only;

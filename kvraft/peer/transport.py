@@ -22,7 +22,9 @@ Limits and why:
 
 * ``frame_bytes_max`` (16 MiB): the largest frame accepted from a peer, and sent. A
   MsgApp is bounded by raft ``max_msg_bytes`` (1 MiB) plus per-entry overhead, so 16x
-  headroom; the rest is for snapshot chunks (keep a chunk <= 8 MiB). A frame is
+  headroom; the rest is for snapshots. A MsgSnap travels as one frame today, so a
+  snapshot over this limit is dropped and reported through ``on_snapshot_status``:
+  larger state needs chunked snapshot streaming (chunks <= 8 MiB). A frame is
   buffered whole before it is decoded, so this bounds memory per incoming link, and
   decoding 16 MiB takes milliseconds, not a noticeable reactor stall.
 * ``queue_bytes_max`` (32 MiB): frames waiting for one peer while its TCP buffer is full
