@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Sequence
 from zlib import crc32
 
 import msgpack
@@ -82,11 +81,6 @@ def encode_record(entry: Entry) -> bytes:
                          f"RECORD_PAYLOAD_BYTES_MAX ({RECORD_PAYLOAD_BYTES_MAX})")
     head = _LENGTH_CRC.pack(len(payload), crc32(payload))
     return head + _CHECK.pack(crc32(head)) + payload
-
-
-def encode_records(entries: Sequence[Entry]) -> list[bytes]:
-    """``encode_record`` for each entry."""
-    return [encode_record(entry) for entry in entries]
 
 
 class RecordError(ValueError):
