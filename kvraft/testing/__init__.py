@@ -19,7 +19,17 @@ from kvraft.testing.linearizability import HistoryError, Operation, Result, chec
 from kvraft.testing.network import NetworkFaults, SimNetwork
 
 __all__ = [
+    "SimConfig", "run_seed", "run_seeds",
     "HistoryError", "InvariantViolation", "KVMachine", "LogImage", "NetworkFaults",
     "NodeSettings", "Operation", "Result", "SafetyMonitor", "SimCluster", "SimNetwork",
     "SimNode", "SimStorage", "check", "decode_batch", "encode_batch",
 ]
+
+
+def __getattr__(name: str):
+    # kvraft.testing.sim is also run as ``python -m``: importing it here eagerly would
+    # make runpy warn that the module was imported before it ran.
+    if name in ("SimConfig", "run_seed", "run_seeds"):
+        from kvraft.testing import sim
+        return getattr(sim, name)
+    raise AttributeError(f"module 'kvraft.testing' has no attribute {name!r}")

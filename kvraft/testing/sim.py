@@ -88,8 +88,9 @@ def run_seed(seed: int, config: SimConfig | None = None, *,
                          core_factory=core_factory, trace=trace, digest=config.digest,
                          start=False)
     report = SeedReport(seed=seed)
+    run = _Run(cluster, config)
     try:
-        _run(cluster, config, report)
+        run.execute(report)
     except InvariantViolation as violation:
         violation.with_seed(seed)
         report.violation = (violation.name, violation.detail)
@@ -97,48 +98,62 @@ def run_seed(seed: int, config: SimConfig | None = None, *,
         if raise_violation:
             raise
     finally:
-        report.digest = cluster.trace_digest()
+        run.fill(report)
         report.elapsed_s = time.monotonic() - started
-        report.elections = cluster.monitor.elections
-        report.commit_index = cluster.monitor.commit_index
-        report.steps = cluster.now
     return report
 
 
-def _run(cluster: SimCluster, config: SimConfig, report: SeedReport) -> None:
-    for name in cluster.names:
-        cluster.restart(name)
-    history: list[dict] = []
-    clients = []
-    for i in range(config.clients):
-        client = SimClient(i + 1, cluster.names, cluster.rng, cluster, history, config.client)
-        cluster.add_client(client)
-        clients.append(client)
-        cluster.client_wake(client, cluster.rng.randint(1, 200))
-    nemesis = Nemesis(cluster, config.faults, config.timing)
-    nemesis.start()
-    cluster.run_until(config.steps)
-    nemesis.stop()
-    for client in clients:
-        client.stop()
-    cluster.run_until(config.steps + config.settle_steps)
-    report.faults = Counter(nemesis.counts)
-    for kind in ("drop", "duplicate", "delay"):
-        stat = {"drop": "dropped", "duplicate": "duplicated", "delay": "delayed"}[kind]
-        if cluster.network.stats[stat]:
-            report.faults[kind] = cluster.network.stats[stat]
-    if cluster.stats["snapshots"]:
-        report.faults["snapshot"] = cluster.stats["snapshots"]
-    report.converged = _check_converged(cluster)
-    report.operations = Counter(r["type"] for r in history if r["type"] != "invoke")
-    report.operations["pending"] = sum(1 for c in clients if c.op is not None)
-    if config.check_history:
-        result = check(history, timeout_s=config.history_timeout_s)
-        report.history_unknown = result.unknown
-        if not result.ok and not result.unknown:
-            raise InvariantViolation(
-                "linearizability",
-                result.explanation + "\n    " + "\n    ".join(result.operations))
+class _Run:
+    """One seed's cluster, clients and nemesis, and the counters of what they did."""
+
+    def __init__(self, cluster: SimCluster, config: SimConfig):
+        self.cluster = cluster
+        self.config = config
+        self.history: list[dict] = []
+        self.clients: list[SimClient] = []
+        self.nemesis = Nemesis(cluster, config.faults, config.timing)
+
+    def execute(self, report: SeedReport) -> None:
+        cluster, config = self.cluster, self.config
+        for name in cluster.names:
+            cluster.restart(name)
+        for i in range(config.clients):
+            client = SimClient(i + 1, cluster.names, cluster.rng, cluster, self.history,
+                               config.client)
+            cluster.add_client(client)
+            self.clients.append(client)
+            cluster.client_wake(client, cluster.rng.randint(1, 200))
+        self.nemesis.start()
+        cluster.run_until(config.steps)
+        self.nemesis.stop()
+        for client in self.clients:
+            client.stop()
+        cluster.run_until(config.steps + config.settle_steps)
+        report.converged = _check_converged(cluster)
+        if config.check_history:
+            result = check(self.history, timeout_s=config.history_timeout_s)
+            report.history_unknown = result.unknown
+            if not result.ok and not result.unknown:
+                raise InvariantViolation(
+                    "linearizability",
+                    result.explanation + "\n    " + "\n    ".join(result.operations))
+
+    def fill(self, report: SeedReport) -> None:
+        """Copy the counters into ``report`` (also after a violation)."""
+        cluster = self.cluster
+        report.digest = cluster.trace_digest()
+        report.elections = cluster.monitor.elections
+        report.commit_index = cluster.monitor.commit_index
+        report.steps = cluster.now
+        report.faults = Counter(self.nemesis.counts)
+        for kind, stat in (("drop", "dropped"), ("duplicate", "duplicated"),
+                           ("delay", "delayed")):
+            if cluster.network.stats[stat]:
+                report.faults[kind] = cluster.network.stats[stat]
+        if cluster.stats["snapshots"]:
+            report.faults["snapshot"] = cluster.stats["snapshots"]
+        report.operations = Counter(r["type"] for r in self.history if r["type"] != "invoke")
+        report.operations["pending"] = sum(1 for c in self.clients if c.op is not None)
 
 
 def _check_converged(cluster: SimCluster) -> bool:
