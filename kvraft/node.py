@@ -34,6 +34,7 @@ from kvraft import results
 from kvraft.client.backend import IClientBackend
 from kvraft.client.errors import NoLeaderError, OutcomeUnknownError, OverloadedError
 from kvraft.raft import (
+    ConfChangeError,
     ConfState,
     EntryType,
     HardState,
@@ -43,6 +44,7 @@ from kvraft.raft import (
     Ready,
     Role,
     Snapshot,
+    decode_conf_change,
 )
 
 log = Logger(namespace="kvraft.node")
@@ -227,8 +229,16 @@ class RaftNodeService(Service):
         self._schedule()
 
     def report_unreachable(self, peer_id: str) -> None:
+        """The transport dropped messages to ``peer_id``: let the core probe it."""
         if self.core is not None:
             self.core.report_unreachable(peer_id)
+            self._schedule()
+
+    def report_snapshot(self, peer_id: str, ok: bool) -> None:
+        """The transport finished sending (or dropped) a snapshot to ``peer_id``."""
+        if self.core is not None:
+            self.core.report_snapshot(peer_id, ok)
+            self._schedule()
 
     def _schedule(self) -> None:
         if self._scheduled is None and not self._stopping:
@@ -296,6 +306,7 @@ class RaftNodeService(Service):
             "raft_commit_index": status.get("commit_index", 0),
             "raft_applied_index": self.machine.last_applied,
             "raft_members": ",".join(conf.members()),
+            "keys": getattr(self.machine, "key_count", 0),
         }
 
     # -- proposals and reads -------------------------------------------------------------
@@ -454,10 +465,35 @@ class RaftNodeService(Service):
                     machine.set_last_applied(entry.index)
                     continue
                 outcomes = [machine.apply(entry.index, command) for command in commands]
+                if not commands:
+                    machine.set_last_applied(entry.index)
                 if origin == self._origin:
                     self._resolve(seq, outcomes)
+            elif entry.type == EntryType.ConfChange:
+                self._apply_conf_change(entry)
             else:
                 machine.set_last_applied(entry.index)
+        if entries:
+            self._after_apply()
+
+    def _apply_conf_change(self, entry) -> None:
+        """A committed membership change: the core adopts it; we remember the new
+        configuration and its members' addresses."""
+        cc = decode_conf_change(entry.data)
+        try:
+            conf_state = self.core.apply_conf_change(cc)
+        except ConfChangeError as e:
+            # Every node refuses the same change the same way: log it and go on.
+            log.warn("ignoring membership change at {index}: {error}", index=entry.index,
+                     error=str(e))
+        else:
+            log.info("membership at {index}: voters {voters}, learners {learners}",
+                     index=entry.index, voters=",".join(conf_state.voters),
+                     learners=",".join(conf_state.learners))
+        self.machine.set_last_applied(entry.index)
+
+    def _after_apply(self) -> None:
+        """Hook run after each applied run of entries (snapshot triggers go here)."""
 
     def _resolve(self, seq: int, outcomes: list) -> None:
         batch = self._proposed.pop(seq, None)

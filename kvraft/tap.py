@@ -53,17 +53,23 @@ def _tcp_endpoint(reactor, address) -> str:
 def _open_storage(config):
     from kvraft.plugins import find_storage_backend
     from kvraft.storage.errors import StorageError
-    backend = find_storage_backend(config.storage_backend)
+    try:
+        backend = find_storage_backend(config.storage_backend)
+    except ValueError as e:
+        raise usage.UsageError(f"storage.backend: {e}") from None
     try:
         return backend.open(str(config.data_dir), dict(config.storage_options))
-    except StorageError as e:
+    except (StorageError, ValueError) as e:
         raise usage.UsageError(f"storage error: {e}") from None
 
 
 def _create_machine(config):
     from kvraft.plugins import find_state_machine_plugin
-    plugin = find_state_machine_plugin(config.state_machine_plugin)
-    return plugin.create(dict(config.state_machine_options))
+    try:
+        plugin = find_state_machine_plugin(config.state_machine_plugin)
+        return plugin.create(dict(config.state_machine_options))
+    except ValueError as e:
+        raise usage.UsageError(f"state_machine: {e}") from None
 
 
 def make_node_services(config, reactor=None) -> service.MultiService:
@@ -86,13 +92,17 @@ def make_node_services(config, reactor=None) -> service.MultiService:
     storage = _open_storage(config)
     machine = _create_machine(config)
     peers = {k: (v.host, v.port) for k, v in config.peers().items()}
-    transport = PeerTransport(config.node_id, peers, credentials, on_message=None,
-                              reactor=reactor, cluster=config.cluster_name)
+    try:
+        transport = PeerTransport(config.node_id, peers, credentials, on_message=None,
+                                  reactor=reactor, cluster=config.cluster_name)
+    except ValueError as e:
+        raise usage.UsageError(f"tls.cert: {e}") from None
     node = RaftNodeService(config, storage, machine, transport, reactor=reactor)
     transport.on_unreachable = node.report_unreachable
+    transport.on_snapshot_status = node.report_snapshot
     node.setServiceParent(root)
 
-    listener = transport.listener_service(_tcp_endpoint(reactor, config.peer_listen))
+    listener = transport.listener_service(config.peer_listen)
     listener.setName("peer-listener")
     listener.setServiceParent(root)
     transport.service.setServiceParent(root)

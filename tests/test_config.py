@@ -85,7 +85,8 @@ def test_mistakes_name_the_key(tmp_path, change, message):
 
 
 def test_plaintext_client_port_on_loopback_is_allowed(tmp_path):
-    text = GOOD.replace('listen = "0.0.0.0:6379"\ntls = true', 'listen = "127.0.0.1:6379"\ntls = false')
+    text = GOOD.replace('listen = "0.0.0.0:6379"\ntls = true',
+                        'listen = "127.0.0.1:6379"\ntls = false')
     c = load_text(tmp_path, text)
     assert not c.client.tls
 

@@ -36,7 +36,7 @@ def test_ready_and_stopping_are_sent(fake_systemd):
 
 
 def test_abstract_socket_address():
-    name = "kvraft-test-%d" % id(object())
+    name = f"kvraft-test-{id(object())}"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     s.bind("\0" + name)
     s.settimeout(2)

@@ -54,7 +54,7 @@ def test_redis_benchmark_runs_without_errors(cluster, redis_tools):
     assert len(client.get("key:__rand_int__")) == 3  # redis-benchmark writes 3-byte values
 
 
-def telnet_lines(host, port, lines, expect_replies, timeout_s=10.0):
+def telnet_lines(host, port, lines, expect_replies, timeout_s=30.0):
     """Send raw inline lines like a telnet user; read until ``expect_replies`` lines."""
     with socket.create_connection((host, port), timeout=timeout_s) as s:
         s.sendall(b"".join(line + b"\r\n" for line in lines))

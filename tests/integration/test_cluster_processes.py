@@ -75,7 +75,7 @@ def test_every_acknowledged_write_survives_killing_all_nodes(cluster):
         pipe = client.pipeline(transaction=False)
         for i in range(start, start + pipe_size):
             pipe.set(f"key-{i}", f"value-{i}")
-        for i, ok in zip(range(start, start + pipe_size), pipe.execute()):
+        for i, ok in zip(range(start, start + pipe_size), pipe.execute(), strict=False):
             assert ok is True
             acknowledged[f"key-{i}"] = f"value-{i}".encode()
     for node_id in cluster.nodes:
@@ -87,6 +87,6 @@ def test_every_acknowledged_write_survives_killing_all_nodes(cluster):
     values = []
     for start in range(0, len(keys), 200):
         values += client.mget(keys[start:start + 200])
-    missing = [k for k, v in zip(keys, values) if v != acknowledged[k]]
+    missing = [k for k, v in zip(keys, values, strict=False) if v != acknowledged[k]]
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
     assert client.dbsize() == 1000
