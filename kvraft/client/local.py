@@ -16,6 +16,7 @@ emulate, so client libraries enable what they should) next to ``kvraft_version``
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -248,21 +249,39 @@ def _command(conn: ClientProtocol, command: list[bytes]) -> bytes:
 # -- CONFIG --------------------------------------------------------------------------
 
 
+def config_parameters(conn: ClientProtocol) -> dict[str, str]:
+    """The few Redis parameters CONFIG GET answers, with kvraft's true values: tools
+    such as redis-benchmark ask for ``save`` and ``appendonly`` (durability comes from
+    the Raft log, not from RDB or AOF)."""
+    limits = conn.factory.limits
+    return {
+        "save": "",
+        "appendonly": "no",
+        "databases": "1",
+        "maxclients": str(limits.connections_max),
+        "timeout": str(int(limits.idle_timeout_s)),
+        "proto-max-bulk-len": str(limits.bulk_bytes_max),
+    }
+
+
 def _config(conn: ClientProtocol, command: list[bytes]) -> bytes:
     sub = command[1].upper()
     if sub == b"GET":
         if len(command) < 3:
             raise arity_error("config|get")
-        # No Redis parameter applies: kvraft reads its own config file.
-        return encode_reply(RespMap(), conn.resp3)
+        patterns = [arg.decode("utf-8", "replace").lower() for arg in command[2:]]
+        found = [(name.encode(), value.encode())
+                 for name, value in config_parameters(conn).items()
+                 if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+        return encode_reply(RespMap(found), conn.resp3)
     if sub == b"SET":
         raise InvalidCommandError(
             "ERR CONFIG SET is not supported: kvraft is configured by its config file "
             "(kvraft.toml); edit it and restart the node")
     if sub == b"HELP" and len(command) == 2:
-        return encode_reply([Status("CONFIG GET <pattern>"),
-                             Status("    Answers an empty map: kvraft has no Redis "
-                                    "parameters; see the node's kvraft.toml.")], conn.resp3)
+        return encode_reply([Status("CONFIG GET <pattern> [<pattern> ...]"),
+                             Status("    Read-only view of a few Redis parameters; kvraft "
+                                    "is configured by its kvraft.toml.")], conn.resp3)
     raise unknown_subcommand_error("config", command[1])
 
 

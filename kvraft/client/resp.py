@@ -463,6 +463,8 @@ def encode_reply(value: object, resp3: bool = False) -> bytes:
         return NULL if resp3 else NIL
     if kind is int:
         return b":%d\r\n" % value
+    if kind is Status or kind is CommandError:
+        return _encode_scalar(value)
     parts: list[bytes] = []
     _encode_into(value, parts, resp3)
     return b"".join(parts)
@@ -486,6 +488,8 @@ def _encode_into(value: object, parts: list[bytes], resp3: bool) -> None:
 
 
 def _encode_scalar(value: object) -> bytes:
+    if isinstance(value, Status):
+        return OK if value == "OK" else encode_status(str(value))
     if isinstance(value, bytes | bytearray | memoryview):
         value = bytes(value)
         return b"$%d\r\n%s\r\n" % (len(value), value)
@@ -493,8 +497,6 @@ def _encode_scalar(value: object) -> bytes:
         return NIL
     if isinstance(value, int):
         return b":%d\r\n" % value
-    if isinstance(value, Status):
-        return OK if value == "OK" else encode_status(str(value))
     if isinstance(value, CommandError):
         return encode_error(value.message)
     raise TypeError(

@@ -171,7 +171,7 @@ def test_hello_3_switches_the_connection_to_resp3_replies():
     backend = FakeBackend(manual=True)
     protocol, transport = connect(make_factory(backend))
     protocol.dataReceived(b"GET before\r\nHELLO 3\r\nGET after\r\nMGET a b\r\n"
-                          b"CONFIG GET save\r\nCLIENT GETNAME\r\nCOMMAND INFO nosuch\r\n")
+                          b"CONFIG GET nosuch\r\nCLIENT GETNAME\r\nCOMMAND INFO nosuch\r\n")
     for call in backend.calls[:2]:
         call.answer(None)
     backend.calls[2].answer([b"1", None])
@@ -244,10 +244,13 @@ def test_command_count_info_docs_and_list():
         b"-ERR unknown subcommand 'NOPE'. Try COMMAND HELP.\r\n")
 
 
-def test_config_get_is_empty_and_config_set_is_refused():
-    factory = make_factory()
-    assert exchange(factory, b"CONFIG GET save\r\nCONFIG GET appendonly\r\n") == (
-        b"*0\r\n*0\r\n")
+def test_config_get_answers_the_few_redis_parameters_and_config_set_is_refused():
+    factory = make_factory(connections_max=50)
+    assert exchange(factory, b"CONFIG GET save\r\nCONFIG GET APPENDONLY\r\n") == (
+        b"*2\r\n$4\r\nsave\r\n$0\r\n\r\n*2\r\n$10\r\nappendonly\r\n$2\r\nno\r\n")
+    assert exchange(factory, b"CONFIG GET max* nosuch\r\n") == (
+        b"*2\r\n$10\r\nmaxclients\r\n$2\r\n50\r\n")
+    assert exchange(factory, b"CONFIG GET nosuch\r\n") == b"*0\r\n"
     assert exchange(factory, b"CONFIG SET save x\r\n").startswith(
         b"-ERR CONFIG SET is not supported")
     assert exchange(factory, b"CONFIG GET\r\n") == (

@@ -158,4 +158,5 @@ def test_redis_benchmark_runs_without_errors(server):
              if "requests per second" in line]
     assert [line.split(":")[0] for line in lines] == ["SET", "GET"], out.stdout
     assert "ERR" not in out.stdout + out.stderr
+    assert "Could not fetch server CONFIG" not in out.stderr
     assert len(backend.data[b"key:__rand_int__"]) == 3  # -d 3, the default

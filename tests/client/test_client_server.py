@@ -281,7 +281,7 @@ def test_idle_connections_are_closed_after_idle_timeout_s():
     clock.advance(9)
     assert not transport.disconnecting
     clock.advance(1.5)
-    assert transport.disconnecting
+    assert transport.disconnecting and not transport.disconnected  # closed gracefully
     assert factory.stats.idle_closed == 1
 
 
@@ -297,6 +297,14 @@ def test_a_connection_waiting_for_the_backend_is_not_idle():
     assert not transport.disconnecting
     factory.clock.advance(0.2)
     assert transport.disconnecting
+
+
+def test_an_idle_client_that_stopped_reading_is_aborted_not_drained():
+    factory = make_factory(idle_timeout_s=10)
+    protocol, transport = connect(factory)
+    protocol.pauseProducing()  # its replies fill the write buffer and are never read
+    factory.clock.advance(11)
+    assert transport.disconnected  # abortConnection: loseConnection would wait forever
 
 
 def test_idle_timeout_zero_never_closes_and_schedules_nothing():
