@@ -12,7 +12,8 @@ client sends                         backend receives
 ===================================  =====================================================
 GET k                                [GET, k]
 SET k v [NX|XX] [GET] [IFEQ old]     [SET, k, v] + [NX] or [XX] + [GET] + [IFEQ, old],
-                                     always in that order (KEEPTTL dropped: no key expires)
+                                     always in that order (EX, PX, EXAT, PXAT and
+                                     KEEPTTL are refused: no key expires)
 SETNX k v                            [SETNX, k, v]
 GETSET k v                           [SET, k, v, GET]
 INCR / DECR k                        [INCRBY, k, b"1"] / [INCRBY, k, b"-1"]
@@ -97,7 +98,7 @@ SYNTAX_ERROR = "ERR syntax error"
 NOT_AN_INTEGER = "ERR value is not an integer or out of range"
 EXPIRY_NOT_SUPPORTED = (
     "ERR expiry is not supported: kvraft keys never expire; send SET without "
-    "EX/PX/EXAT/PXAT")
+    "EX/PX/EXAT/PXAT/KEEPTTL")
 
 
 def arity_error(name: str) -> InvalidCommandError:
@@ -158,9 +159,9 @@ def _set(args: list[bytes]) -> list[bytes]:
         elif option == b"IFEQ" and has_value and condition is None and ifeq is None:
             ifeq = args[i + 1]
             i += 1
-        elif option in (b"EX", b"PX", b"EXAT", b"PXAT") and has_value:
-            raise InvalidCommandError(EXPIRY_NOT_SUPPORTED)
-        elif option != b"KEEPTTL":  # KEEPTTL keeps no TTL: none exists
+        elif (option in (b"EX", b"PX", b"EXAT", b"PXAT") and has_value) or option == b"KEEPTTL":
+            raise InvalidCommandError(EXPIRY_NOT_SUPPORTED)  # as the kv machine says too
+        else:
             raise InvalidCommandError(SYNTAX_ERROR)
         i += 1
     command = [b"SET", args[1], args[2]]
