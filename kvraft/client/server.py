@@ -297,8 +297,7 @@ class ClientProtocol(Protocol):
             self.active_s = self._clock.seconds()
             self.transport.write(b"".join(parts))
         if close:
-            self._hung_up = True
-            self.transport.loseConnection()
+            self._hang_up()
 
     def _dispatch(self, burst: _Burst, args: list[bytes]) -> None:
         index = len(burst.replies)
@@ -412,9 +411,15 @@ class ClientProtocol(Protocol):
         self.factory.stats.idle_closed += 1
         log.debug("client {client_id}: closing after {idle:.0f} s idle",
                   client_id=self.client_id, idle=idle_s)
+        self._hang_up(abort=self._output_paused)  # unread replies would never drain
+
+    def _hang_up(self, abort: bool = False) -> None:
+        """Close after the replies written so far (or at once, with ``abort``)."""
         self._hung_up = self._closing = True
-        if self._output_paused:
-            self.transport.abortConnection()  # its unread replies would never drain
+        # A transport waits for its registered producer before it closes: we are done.
+        self.transport.unregisterProducer()
+        if abort:
+            self.transport.abortConnection()
         else:
             self.transport.loseConnection()
 

@@ -215,9 +215,12 @@ def test_oversized_or_binary_junk_is_refused_without_buffering_it(data, message)
 
 def test_quit_answers_ok_and_closes_ignoring_later_commands():
     protocol, transport = connect(make_factory())
+    assert transport.producer is protocol
     protocol.dataReceived(b"PING\r\nQUIT\r\nPING\r\n")
     assert transport.value() == b"+PONG\r\n+OK\r\n"
     assert transport.disconnecting
+    # A TCP transport would not close while a producer is registered.
+    assert transport.producer is None
 
 
 # -- flow control ------------------------------------------------------------------------
