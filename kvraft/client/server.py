@@ -17,8 +17,10 @@ of their arguments and replies. At the limit it stops reading
 client down, which is what a deep but legitimate pipeline (``redis-benchmark -P 1000``)
 needs; an error would break such clients. Reading resumes as replies are written. The
 connection is also the producer for its own transport: when the client does not read
-its replies, the transport pauses us and we stop reading requests, so a client that
-never reads cannot make the node buffer replies without bound.
+its replies, the transport pauses us and we stop reading requests; requests already
+running still complete, and if their replies pile up past ``output_bytes_max`` the
+connection is dropped (Redis' client-output-buffer-limit). So per connection the node
+holds at most about ``pending_bytes_max`` + ``output_bytes_max`` + one request.
 """
 
 from __future__ import annotations
@@ -75,6 +77,11 @@ class ClientLimits:
     pending_bytes_max: int = 64 * 1024 * 1024
     """Argument and reply bytes of those requests, per connection; beyond it reading
     pauses. A connection holds at most this plus one request."""
+    output_bytes_max: int = 128 * 1024 * 1024
+    """Replies written while the client does not read (its transport's buffer is full
+    and has paused us); beyond it the connection is dropped, as Redis does at its
+    client-output-buffer-limit. Requests already dispatched keep completing while we
+    wait, and this caps what they pile up."""
     connections_max: int = 10000
     """Open client connections per listener; more are answered
     ``-ERR max number of clients reached`` and closed."""
@@ -113,6 +120,7 @@ class ClientStats:
     protocol_errors: int = 0
     internal_errors: int = 0
     idle_closed: int = 0
+    output_overflows: int = 0
 
 
 class _Burst:
@@ -163,6 +171,7 @@ class ClientProtocol(Protocol):
         self._pumping = False
         self._reading_paused = False
         self._output_paused = False
+        self._paused_output_bytes = 0  # written since the transport paused us
         self._closing = False  # the last reply is queued: read and run nothing more
         self._lost = False
         self._hung_up = False  # we called loseConnection
@@ -205,6 +214,7 @@ class ClientProtocol(Protocol):
     def resumeProducing(self) -> None:
         """The client caught up: carry on with buffered requests, then read again."""
         self._output_paused = False
+        self._paused_output_bytes = 0
         self._pump()
 
     def stopProducing(self) -> None:
@@ -294,8 +304,14 @@ class ClientProtocol(Protocol):
                 close = True
                 break
         if parts:
+            data = b"".join(parts)
             self.active_s = self._clock.seconds()
-            self.transport.write(b"".join(parts))
+            self.transport.write(data)
+            if self._output_paused:
+                self._paused_output_bytes += len(data)
+                if self._paused_output_bytes > self._limits.output_bytes_max:
+                    self._output_overflow()
+                    return
         if close:
             self._hang_up()
 
@@ -412,6 +428,15 @@ class ClientProtocol(Protocol):
         log.debug("client {client_id}: closing after {idle:.0f} s idle",
                   client_id=self.client_id, idle=idle_s)
         self._hang_up(abort=self._output_paused)  # unread replies would never drain
+
+    def _output_overflow(self) -> None:
+        self.factory.stats.output_overflows += 1
+        log.warn("client {client_id}: dropped: {size} bytes of replies unread, more than "
+                 "output_bytes_max ({max}); the client pipelines without reading",
+                 client_id=self.client_id, size=self._paused_output_bytes,
+                 max=self._limits.output_bytes_max)
+        self._bursts.clear()
+        self._hang_up(abort=True)
 
     def _hang_up(self, abort: bool = False) -> None:
         """Close after the replies written so far (or at once, with ``abort``)."""

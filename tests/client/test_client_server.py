@@ -272,6 +272,34 @@ def test_a_client_that_does_not_read_its_replies_is_not_read_either():
     assert transport.value() == b"$-1\r\n" * 3
 
 
+def test_replies_piling_up_unread_past_output_bytes_max_drop_the_connection():
+    backend = FakeBackend(manual=True)
+    factory = make_factory(backend, output_bytes_max=1000)
+    protocol, transport = connect(factory)
+    protocol.dataReceived(gets(3))
+    protocol.pauseProducing()  # the client stopped reading
+    backend.calls[0].answer(b"x" * 600)
+    backend.calls[1].answer(b"x" * 300)
+    assert not transport.disconnecting  # 913 bytes written while paused
+    backend.calls[2].answer(b"x" * 100)
+    assert transport.disconnected  # aborted: its replies would never drain
+    assert factory.stats.output_overflows == 1
+
+
+def test_a_client_that_catches_up_starts_a_fresh_output_count():
+    backend = FakeBackend(manual=True)
+    protocol, transport = connect(make_factory(backend, output_bytes_max=1000))
+    protocol.dataReceived(gets(1))
+    protocol.dataReceived(gets(1))  # a second burst, written on its own
+    protocol.pauseProducing()
+    backend.calls[0].answer(b"x" * 900)
+    protocol.resumeProducing()  # the transport drained its buffer
+    protocol.pauseProducing()
+    backend.calls[1].answer(b"x" * 900)
+    assert not transport.disconnecting
+    assert transport.value().count(b"x" * 900) == 2
+
+
 # -- idle timeout ------------------------------------------------------------------------
 
 
