@@ -20,7 +20,9 @@ connection is also the producer for its own transport: when the client does not 
 its replies, the transport pauses us and we stop reading requests; requests already
 running still complete, and if their replies pile up past ``output_bytes_max`` the
 connection is dropped (Redis' client-output-buffer-limit). So per connection the node
-holds at most about ``pending_bytes_max`` + ``output_bytes_max`` + one request.
+holds about ``pending_bytes_max`` of requests, ``output_bytes_max`` of unread replies,
+and the replies of at most ``pending_requests_max`` requests waiting for an earlier one
+to complete (in-order delivery).
 """
 
 from __future__ import annotations
