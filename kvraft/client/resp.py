@@ -252,8 +252,8 @@ class RespParser:
         complete = len(pieces) - 1  # the last piece has no CRLF after it (yet)
         args_max, bulk_max = self.args_max, self.bulk_bytes_max
         request_max = self.request_bytes_max
-        counts, bulk_headers = _ARRAY_HEADERS, _BULK_HEADERS
-        small = len(bulk_headers)
+        counts, header_of = _ARRAY_HEADERS, _BULK_HEADERS.__getitem__
+        small = len(_BULK_HEADERS)
         i = 0
         while len(out) < limit and i < complete:
             # Only canonical headers ("*3", "$5") are taken here; anything else, valid
@@ -262,14 +262,14 @@ class RespParser:
             if count is None or count > args_max or i + 2 * count >= complete:
                 break
             args = pieces[i + 2:i + 2 + 2 * count:2]
-            headers = pieces[i + 1:i + 1 + 2 * count:2]
-            for header, value in zip(headers, args, strict=True):
-                length = len(value)
-                if header != (bulk_headers[length] if length < small else b"$%d" % length):
-                    return pos + _consumed(pieces, i)
-                if length > bulk_max:
-                    return pos + _consumed(pieces, i)
-            if count > 1 and sum(map(len, args)) > request_max:
+            lengths = list(map(len, args))
+            longest = max(lengths)
+            if longest < small:
+                expected = list(map(header_of, lengths))
+            else:
+                expected = [b"$%d" % n for n in lengths]
+            if (pieces[i + 1:i + 1 + 2 * count:2] != expected or longest > bulk_max
+                    or (count > 1 and sum(lengths) > request_max)):
                 break
             out.append(args)
             i += 1 + 2 * count
