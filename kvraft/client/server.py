@@ -169,6 +169,7 @@ class ClientProtocol(Protocol):
         self._unwritten = 0  # requests parsed and not yet written back
         self._unwritten_bytes = 0
         self._awaiting = 0  # requests waiting for the backend
+        self._phase: Route | None = None  # READ or WRITE: the kind now awaited
         self._held: list[list[bytes]] = []  # parsed, waiting for pending_bytes_max room
         self._pumping = False
         self._reading_paused = False
@@ -276,7 +277,11 @@ class ClientProtocol(Protocol):
                     if i and self._unwritten_bytes >= bytes_max:
                         self._held = commands[i:]  # parsed already; run when bytes drain
                         break
-                    self._dispatch(burst, args)
+                    if not self._dispatch(burst, args):
+                        self._held = commands[i:]  # behind a read/write boundary
+                        break
+                if self._held and self._awaiting:
+                    break
         finally:
             self._pumping = False
         self._update_reading()
@@ -317,7 +322,24 @@ class ClientProtocol(Protocol):
         if close:
             self._hang_up()
 
-    def _dispatch(self, burst: _Burst, args: list[bytes]) -> None:
+    def _dispatch(self, burst: _Burst, args: list[bytes]) -> bool:
+        """Run one command; False (nothing done) if it must wait for earlier requests.
+
+        Session order: a connection's commands take effect in the order sent. Reads of
+        one run share a ReadIndex round and writes of one run share a log entry, but a
+        read waits until every earlier write of the connection is applied, and a write
+        until every earlier read is answered (else a pipelined GET could miss the SET
+        before it, or see the SET after it).
+        """
+        try:
+            spec, command = resolve(args)
+        except InvalidCommandError:
+            spec = command = None
+        if spec is not None and spec.route is not Route.LOCAL:
+            kind = Route.READ if spec.route is Route.READ else Route.WRITE
+            if self._awaiting and kind is not self._phase:
+                return False
+            self._phase = kind
         index = len(burst.replies)
         burst.replies.append(None)
         size = sum(map(len, args))
@@ -326,7 +348,8 @@ class ClientProtocol(Protocol):
         self._unwritten_bytes += size
         self.factory.stats.commands += 1
         try:
-            spec, command = resolve(args)
+            if spec is None:
+                spec, command = resolve(args)
             self.last_command = command[0]
             if not self.factory.acl.authorize(self.identity, spec.flags):
                 raise InvalidCommandError(
@@ -351,7 +374,7 @@ class ClientProtocol(Protocol):
                     self._awaiting += 1
                     result.addCallbacks(self._on_result, self._on_failure,
                                         (burst, index, self.resp3), None, (burst, index))
-                    return
+                    return True
                 data = self._encode(result, self.resp3)
         except InvalidCommandError as e:
             data = encode_error(str(e))
@@ -360,6 +383,7 @@ class ClientProtocol(Protocol):
         burst.replies[index] = data
         burst.bytes += len(data)
         self._unwritten_bytes += len(data)
+        return True
 
     def _on_result(self, result: object, burst: _Burst, index: int, resp3: bool) -> None:
         self._complete(burst, index, self._encode(result, resp3))
@@ -375,7 +399,7 @@ class ClientProtocol(Protocol):
         burst.pending -= 1
         burst.bytes += len(data)
         self._unwritten_bytes += len(data)
-        if not burst.pending and not self._pumping:
+        if (not burst.pending or (self._held and not self._awaiting)) and not self._pumping:
             self._pump()
 
     def _encode(self, result: object, resp3: bool) -> bytes:

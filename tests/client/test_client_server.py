@@ -434,3 +434,36 @@ def test_client_limits_from_the_config_settings():
     limits = ClientLimits.from_settings(settings)
     assert (limits.line_bytes_max, limits.args_max, limits.idle_timeout_s) == (1000, 7, 30.0)
     assert limits.request_bytes_max == ClientLimits().request_bytes_max
+
+
+# -- session order --------------------------------------------------------------------------
+
+
+def test_a_pipelined_read_waits_for_the_writes_before_it():
+    backend = FakeBackend(manual=True)
+    protocol, transport = connect(make_factory(backend))
+    protocol.dataReceived(b"SET a 1\r\nSET b 2\r\nGET a\r\nGET b\r\nSET a 3\r\n")
+    # The two writes go out together; the reads wait for them.
+    assert [c.kind for c in backend.calls] == ["write", "write"]
+    backend.calls[1].answer(OK)
+    assert [c.kind for c in backend.calls] == ["write", "write"]
+    backend.calls[0].answer(OK)
+    # Both reads go out together; the write after them waits for their answers.
+    assert [c.kind for c in backend.calls] == ["write", "write", "read", "read"]
+    backend.calls[2].answer(b"1")
+    assert len(backend.calls) == 4
+    backend.calls[3].answer(b"2")
+    assert [c.kind for c in backend.calls][-1] == "write"
+    backend.calls[4].answer(OK)
+    assert transport.value() == b"+OK\r\n+OK\r\n$1\r\n1\r\n$1\r\n2\r\n+OK\r\n"
+
+
+def test_connection_commands_do_not_wait_behind_a_boundary():
+    backend = FakeBackend(manual=True)
+    protocol, transport = connect(make_factory(backend))
+    protocol.dataReceived(b"SET a 1\r\nPING\r\nGET a\r\n")
+    assert [c.kind for c in backend.calls] == ["write"]
+    backend.calls[0].answer(OK)
+    assert [c.kind for c in backend.calls] == ["write", "read"]
+    backend.calls[1].answer(b"1")
+    assert transport.value() == b"+OK\r\n+PONG\r\n$1\r\n1\r\n"
