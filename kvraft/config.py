@@ -51,6 +51,11 @@ class RaftSettings:
     batch_commands_max: int = 4096
     batch_bytes_max: int = 1 << 20
     request_timeout_ms: int = 5000
+    snapshot_entries: int = 100_000  # snapshot once this many entries applied since the last
+    snapshot_bytes: int = 128 << 20  # ... or this many bytes of entry data
+    compaction_margin_entries: int = 10_000  # kept below a snapshot for slow followers
+    transfer_timeout_ms: int = 5000  # RAFT.TRANSFER and the SIGTERM hand-off give up after
+    promote_lag_entries_max: int = 1000  # a learner this close to the leader may be promoted
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,9 @@ class ClientSettings:
     pending_requests_max: int = 1024
     connections_max: int = 10000
     idle_timeout_s: float = 0.0
+    request_bytes_max: int = 32 * 1024 * 1024
+    pending_bytes_max: int = 64 * 1024 * 1024
+    output_bytes_max: int = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,8 @@ class Config:
     state_machine_options: dict[str, Any] = field(default_factory=dict)
     cluster_name: str = "kvraft"
     join: bool = False
+    preferred_leader: str = ""
+    snapshots_retained: int = 2
     log_format: str = "text"
     acl: dict[str, str] = field(default_factory=dict)
     source: Path | None = None
@@ -199,11 +209,19 @@ def from_dict(doc: dict, base: Path | None = None) -> Config:
                for k, v in raw_members.items()}
     join = cluster.get("join", bool, False)
     cluster_name = cluster.get("name", str, "kvraft")
+    preferred = cluster.get("preferred_leader", str, "")
+    if preferred:
+        check_node_id(preferred, "cluster.preferred_leader")
     cluster.finish()
     if not join and node_id not in members:
         raise ConfigError(
             f"cluster.members: this node ({node_id!r}) is not listed; list every member "
             "including this one, or set cluster.join = true to join an existing cluster")
+    if join and not set(members) - {node_id}:
+        raise ConfigError(
+            "cluster.members: a joining node (cluster.join = true) must list the current "
+            "members and their peer addresses, so that it can answer the leader; add this "
+            "node with `kvraft member add` first")
 
     peer = _Section(doc, "peer", required=True)
     peer_listen = parse_address(peer.get("listen", str, required=True), "peer.listen")
@@ -222,7 +240,9 @@ def from_dict(doc: dict, base: Path | None = None) -> Config:
     raft = _section_raft(doc)
     storage = _Section(doc, "storage")
     backend = storage.get("backend", str, "wal")
-    storage_options = {k: storage.raw[k] for k in storage.raw if k != "backend"}
+    snapshots_retained = storage.positive("snapshots_retained", 2)
+    storage_options = {k: storage.raw[k] for k in storage.raw
+                       if k not in ("backend", "snapshots_retained")}
     storage.used.update(storage_options)
     storage.finish()
     machine = _Section(doc, "state_machine")
@@ -244,7 +264,8 @@ def from_dict(doc: dict, base: Path | None = None) -> Config:
         tls_cert=tls_paths["cert"], tls_key=tls_paths["key"], raft=raft,
         storage_backend=backend, storage_options=storage_options,
         state_machine_plugin=plugin, state_machine_options=machine_options,
-        cluster_name=cluster_name, join=join, log_format=log_format, acl=acl)
+        cluster_name=cluster_name, join=join, preferred_leader=preferred,
+        snapshots_retained=snapshots_retained, log_format=log_format, acl=acl)
 
 
 def _section_client(doc: dict) -> ClientSettings:
@@ -271,6 +292,9 @@ def _section_client(doc: dict) -> ClientSettings:
         args_max=s.positive("args_max", d.args_max),
         pending_requests_max=s.positive("pending_requests_max", d.pending_requests_max),
         connections_max=s.positive("connections_max", d.connections_max),
+        request_bytes_max=s.positive("request_bytes_max", d.request_bytes_max),
+        pending_bytes_max=s.positive("pending_bytes_max", d.pending_bytes_max),
+        output_bytes_max=s.positive("output_bytes_max", d.output_bytes_max),
         idle_timeout_s=float(s.get("idle_timeout_s", (int, float), d.idle_timeout_s)),
     )
     s.finish()
@@ -283,8 +307,14 @@ def _section_raft(doc: dict) -> RaftSettings:
     values = {}
     for name in ("election_timeout_ms", "heartbeat_interval_ms", "max_inflight_msgs",
                  "max_msg_bytes", "max_uncommitted_bytes", "batch_commands_max",
-                 "batch_bytes_max", "request_timeout_ms"):
+                 "batch_bytes_max", "request_timeout_ms", "snapshot_entries", "snapshot_bytes",
+                 "transfer_timeout_ms", "promote_lag_entries_max"):
         values[name] = s.positive(name, getattr(d, name))
+    values["compaction_margin_entries"] = s.get(
+        "compaction_margin_entries", int, d.compaction_margin_entries)
+    if values["compaction_margin_entries"] < 0:
+        raise ConfigError("raft.compaction_margin_entries: must be 0 or more, got "
+                          f"{values['compaction_margin_entries']!r}")
     values["tick_ms"] = s.get("tick_ms", int, 0)
     values["pre_vote"] = s.get("pre_vote", bool, True)
     values["check_quorum"] = s.get("check_quorum", bool, True)
