@@ -18,7 +18,7 @@ replies and timer expiries and carries requests (see ``kvraft.testing.sim``).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 __all__ = ["ClientRequest", "ClientReply", "SimClient", "ClientDriver", "ClientConfig"]
@@ -66,6 +66,18 @@ class ClientConfig:
     # Share of reads sent to a random node instead of the presumed leader (followers
     # serve them through ReadIndex).
     follower_read_rate: float = 0.3
+    # Let each run draw shorter timeouts too, so that some writes time out and still
+    # apply later (unknown outcomes are where client-visible bugs hide).
+    vary_timeouts: bool = True
+
+    def varied(self, rng: random.Random) -> ClientConfig:
+        """This config, with timeouts drawn from ``rng`` if ``vary_timeouts``."""
+        if not self.vary_timeouts:
+            return self
+        attempt = rng.choice((60, 150, self.attempt_timeout_steps))
+        return replace(self, attempt_timeout_steps=attempt,
+                       operation_timeout_steps=max(attempt, rng.choice(
+                           (200, 600, self.operation_timeout_steps))))
 
 
 class ClientDriver(Protocol):

@@ -117,9 +117,10 @@ class _Run:
         cluster, config = self.cluster, self.config
         for name in cluster.names:
             cluster.restart(name)
+        client_config = config.client.varied(cluster.rng)
         for i in range(config.clients):
             client = SimClient(i + 1, cluster.names, cluster.rng, cluster, self.history,
-                               config.client)
+                               client_config)
             cluster.add_client(client)
             self.clients.append(client)
             cluster.client_wake(client, cluster.rng.randint(1, 200))

@@ -59,7 +59,8 @@ def _assert_meaningful(reports: list[sim.SeedReport]) -> None:
     for kind in ("crash", "partition", "isolate_leader", "drop", "duplicate"):
         assert faults[kind] > 0, f"no {kind} faults injected: {faults}"
     assert sum(r.operations["ok"] for r in reports) > 50 * len(reports)
-    assert all(r.elections >= 1 and r.commit_index > 10 for r in reports)
+    assert all(r.elections >= 1 for r in reports)
+    assert sum(r.commit_index > 10 for r in reports) >= 0.9 * len(reports)
     assert sum(r.converged for r in reports) >= 0.9 * len(reports)
 
 
@@ -199,9 +200,10 @@ def test_detects_acknowledging_before_persisting():
 
 
 def test_detects_two_votes_in_a_term():
-    # Two candidates must meet in one term: about 1 seed in 13 does that.
-    seed, name = first_violation(with_config(DoubleVote, pre_vote=False), range(1, 151),
-                                 _config(3))
+    # Two candidates must meet in one term: about 1 seed in 15 does that. Elections need
+    # no clients, and a run without them is twice as fast.
+    seed, name = first_violation(with_config(DoubleVote, pre_vote=False), range(1, 201),
+                                 _config(3, clients=0))
     assert name == "election safety", (seed, name)
 
 
