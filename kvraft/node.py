@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import os
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 import msgpack
@@ -33,6 +34,7 @@ from zope.interface import implementer
 from kvraft import results
 from kvraft.client.backend import IClientBackend
 from kvraft.client.errors import NoLeaderError, OutcomeUnknownError, OverloadedError
+from kvraft.metrics import NodeMetrics
 from kvraft.raft import (
     ConfChangeError,
     ConfState,
@@ -140,6 +142,7 @@ class RaftNodeService(Service):
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = self.reactor
         self.listeners: list[Callable[[str, dict], None]] = []
+        self.metrics = NodeMetrics()  # hooks below; kvraft.web.collector exports them
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -322,17 +325,20 @@ class RaftNodeService(Service):
         try:
             self.core.propose(data)
         except ProposalDropped as e:
+            self.metrics.proposal_dropped(e.reason)
             self._pending_writes -= len(batch.deferreds)
             error = NoLeaderError(str(e)) if e.reason in ("no-leader", "transferring") \
                 else OverloadedError(str(e))
             _fail_all(batch.deferreds, error)
             return
         self._proposed[seq] = batch
+        self.metrics.proposed(len(batch.commands))
         batch.timer = self.reactor.callLater(self.request_timeout_s, self._write_timeout, seq)
 
     def _write_timeout(self, seq: int) -> None:
         batch = self._proposed.pop(seq, None)
         if batch is not None:
+            self.metrics.proposal_failed("timeout")
             self._pending_writes -= len(batch.deferreds)
             _fail_all(batch.deferreds, OutcomeUnknownError(
                 "the write was not applied in time (a leader change or partition?); it may "
@@ -400,10 +406,12 @@ class RaftNodeService(Service):
 
     def _persist(self, hard_state: HardState | None, sync: bool) -> None:
         """Runs in the writer thread: the only blocking part of the loop."""
+        started = perf_counter()
         if sync:
             self.storage.log.sync()
         if hard_state is not None:
             self.storage.stable.save_hard_state(hard_state)
+        self.metrics.fsync(perf_counter() - started)
 
     def _persisted(self, _, rd: Ready, late: list) -> None:
         self._persisting = False
@@ -453,6 +461,7 @@ class RaftNodeService(Service):
     # -- apply ---------------------------------------------------------------------------
 
     def _apply(self, entries: list) -> None:
+        started = perf_counter()
         machine = self.machine
         unpack = msgpack.unpackb
         for entry in entries:
@@ -474,6 +483,7 @@ class RaftNodeService(Service):
             else:
                 machine.set_last_applied(entry.index)
         if entries:
+            self.metrics.applied(len(entries), perf_counter() - started)
             self._after_apply()
 
     def _apply_conf_change(self, entry) -> None:
@@ -502,6 +512,7 @@ class RaftNodeService(Service):
         if batch.timer is not None and batch.timer.active():
             batch.timer.cancel()
         self._pending_writes -= len(batch.deferreds)
+        self.metrics.proposal_committed()
         for d, outcome in zip(batch.deferreds, outcomes, strict=True):
             if not d.called:
                 d.callback(outcome)
