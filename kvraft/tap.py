@@ -8,8 +8,12 @@ The service tree (each child named, so operators and tests can find them)::
     ├── peers              one reconnecting ClientService per peer
     ├── client-listener    the Redis-compatible port (mutual TLS by default)
     ├── client-plaintext   optional loopback plaintext port (telnet, local tools)
-    ├── http               /health
+    ├── http               /health, /status, /metrics and the dashboard (kvraft.http)
+    ├── status-tracker     rates, history and events for /status (kvraft.web.tracker)
     └── sd-notify          READY=1 / WATCHDOG=1 / STOPPING=1 for systemd
+
+The root (``kvraft.lifecycle.NodeRoot``) hands leadership over before its children stop,
+and installs the node's log observer (``kvraft.logs``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from twisted.application import service, strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from kvraft import config as config_module
@@ -72,19 +75,24 @@ def _create_machine(config):
         raise usage.UsageError(f"state_machine: {e}") from None
 
 
-def make_node_services(config, reactor=None) -> service.MultiService:
-    """Build the node's service tree from a validated ``kvraft.config.Config``."""
+def make_node_services(config, reactor=None, twistd_options=None) -> service.MultiService:
+    """Build the node's service tree from a validated ``kvraft.config.Config``;
+    ``twistd_options`` (twistd's own, for --logfile) lets it set up logging."""
     from twisted.internet import reactor as default_reactor
 
-    from kvraft import http, tls
+    from kvraft import acl, http, logs, metrics, tls
     from kvraft.client.server import ClientFactory, ClientLimits
+    from kvraft.lifecycle import NodeRoot
     from kvraft.node import RaftNodeService
     from kvraft.peer.transport import PeerTransport
     from kvraft.sdnotify import NotifyService
+    from kvraft.web.collector import NodeCollector, make_registry
+    from kvraft.web.tracker import ClusterTracker
 
     reactor = reactor or default_reactor
-    root = service.MultiService()
-    root.setName("kvraft")
+    logs.CONTEXT.node_id = config.node_id
+    root = NodeRoot(clock=reactor, handoff_timeout_s=2 * config.raft.election_timeout_ms / 1000,
+                    log_format=config.log_format, twistd_options=twistd_options)
     try:
         credentials = tls.TLSCredentials(config.tls_ca, config.tls_cert, config.tls_key)
     except tls.TLSConfigError as e:
@@ -101,6 +109,12 @@ def make_node_services(config, reactor=None) -> service.MultiService:
     transport.on_unreachable = node.report_unreachable
     transport.on_snapshot_status = node.report_snapshot
     node.setServiceParent(root)
+    root.node = logs.CONTEXT.node = node
+    node.listeners.append(node.metrics.on_node_event)
+    commands = metrics.CommandMetrics()
+    metered = metrics.MeteredBackend(node, commands)
+    client_factories = {}
+    client_tls = None
 
     listener = transport.listener_service(config.peer_listen)
     listener.setName("peer-listener")
@@ -114,24 +128,36 @@ def make_node_services(config, reactor=None) -> service.MultiService:
         return tls.client_identity(cert) if cert is not None else None
 
     if config.client.listen is not None:
-        factory = ClientFactory(node, limits, clock=reactor, identify=identify)
+        factory = ClientFactory(metered, limits, clock=reactor, identify=identify,
+                                acl=acl.build_acl(config.acl, plaintext=not config.client.tls,
+                                                  denied=commands.denied))
+        client_factories["client"] = factory
         wrapped = factory
         if config.client.tls:
-            wrapped = TLSMemoryBIOFactory(credentials.server_creator(require_client_cert=True),
-                                          False, factory, clock=reactor)
+            wrapped = client_tls = metrics.CountingTLSFactory(
+                credentials.server_creator(require_client_cert=True), False, factory,
+                clock=reactor)
         endpoint = endpoints.serverFromString(reactor, _tcp_endpoint(reactor, config.client.listen))
         client_service = StreamServerEndpointService(endpoint, wrapped)
         client_service.setName("client-listener")
         client_service.setServiceParent(root)
     if config.client.plaintext_listen is not None:
-        plain = ClientFactory(node, limits, clock=reactor)
+        plain = ClientFactory(metered, limits, clock=reactor,
+                              acl=acl.build_acl(config.acl, plaintext=True,
+                                                denied=commands.denied))
+        client_factories["plaintext"] = plain
         endpoint = endpoints.serverFromString(
             reactor, _tcp_endpoint(reactor, config.client.plaintext_listen))
         plain_service = StreamServerEndpointService(endpoint, plain)
         plain_service.setName("client-plaintext")
         plain_service.setServiceParent(root)
+    tracker = ClusterTracker(node, transport, clock=reactor)
+    tracker.setServiceParent(root)
+    registry = make_registry([NodeCollector(node, transport, client_factories, commands,
+                                            client_tls)])
     if config.http_listen is not None:
-        web = strports.service(_tcp_endpoint(reactor, config.http_listen), http.make_site(node))
+        site = http.make_site(node, tracker, registry, transport, clock=reactor)
+        web = strports.service(_tcp_endpoint(reactor, config.http_listen), site)
         web.setName("http")
         web.setServiceParent(root)
 
@@ -153,9 +179,11 @@ def make_node_services(config, reactor=None) -> service.MultiService:
     root.storage = storage
     root.node = node
     root.transport = transport
+    root.registry = registry
+    root.tracker = tracker
     return root
 
 
 def makeService(options) -> service.MultiService:
     """twistd's hook: the node's service tree."""
-    return make_node_services(options["loaded"])
+    return make_node_services(options["loaded"], twistd_options=getattr(options, "parent", None))
