@@ -5,7 +5,8 @@ RawNode. Time is ``tick()``; randomness comes from ``RaftConfig.rng`` (anything 
 ``randrange``) or a SplitMix64 seeded with ``RaftConfig.seed``. Inputs: ``tick()``,
 ``step(msg)``, ``propose(data)``, ``propose_conf_change(cc)``, ``read_index(ctx)``,
 ``transfer_leadership(to)``, ``campaign()``, ``report_unreachable(id)``,
-``report_snapshot(id, ok)``. Output: ``Ready``.
+``report_snapshot(id, ok)``. Output: ``Ready`` (and, between Readies,
+``take_messages()`` / ``take_read_states()``).
 
 The driving contract
 --------------------
@@ -40,6 +41,12 @@ calling ``step``/``tick``/``propose`` meanwhile: everything proposed during the 
 into the next Ready (group commit). Committed entries may include entries of the same
 Ready's ``entries`` (a quorum of followers can commit what the leader is still writing):
 apply those only after step 2.
+
+While a Ready is outstanding, ``take_messages()`` hands out what the next Ready would
+put in ``messages`` (heartbeats and their answers, new MsgApps, ReadIndex traffic,
+vote requests) and ``take_read_states()`` the ReadIndex answers: both may be sent or
+served at once, so nothing that promises no durability waits behind an fsync. Neither
+ever yields what belongs in ``messages_after_persist``.
 
 The storage read contract
 -------------------------

@@ -240,6 +240,28 @@ class RaftCore(FollowerMixin, LeaderMixin):
         self._outstanding_self, self._self_after_persist = self._self_after_persist, []
         return rd
 
+    def take_messages(self) -> list[Message]:
+        """Messages that may be sent now, even while a Ready is outstanding.
+
+        These are the ones a Ready would put in ``messages`` (never
+        ``messages_after_persist``): they speak for no durable state, so a driver that
+        persists in a writer thread sends them at once instead of holding heartbeats,
+        heartbeat responses, ReadIndex rounds and new MsgApps behind an fsync. The next
+        Ready does not repeat them.
+        """
+        msgs, self._msgs = self._msgs, []
+        if msgs:
+            # The open ReadIndex round's heartbeats are leaving: later reads need new ones.
+            self.read_only.seal()
+        return msgs
+
+    def take_read_states(self) -> list[ReadState]:
+        """ReadIndex answers available now, even while a Ready is outstanding (a read
+        may be served once the applied index reaches its ``index``). The next Ready
+        does not repeat them."""
+        states, self._read_states = self._read_states, []
+        return states
+
     def advance(self, rd: Ready) -> None:
         """The driver persisted, sent and applied ``rd``: record it, then count the votes
         and acknowledgements this node gave itself for what just became durable."""
