@@ -25,7 +25,7 @@ from pathlib import Path
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import resource, server, static
+from twisted.web import pages, resource, server, static
 
 log = Logger(namespace="kvraft.http")
 
@@ -163,7 +163,7 @@ class _Static(static.File):
     (so an upgraded node serves its new dashboard at once)."""
 
     def directoryListing(self):
-        return resource.ForbiddenResource("no directory listings here")
+        return pages.forbidden("No directory listings here.")
 
     def render(self, request):
         request.setHeader(b"content-security-policy", _CSP)
@@ -192,6 +192,6 @@ def make_site(node, tracker=None, registry=None, transport=None, clock=None) -> 
     root.putChild(b"status", StatusResource(node, tracker, transport))
     if registry is not None:
         root.putChild(b"metrics", MetricsResource(registry))
-    site = _QuietSite(root)
+    site = _QuietSite(root) if clock is None else _QuietSite(root, reactor=clock)
     site.displayTracebacks = False
     return site

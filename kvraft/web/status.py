@@ -117,6 +117,10 @@ def _members(node, status: dict, tracker, transport) -> list[dict[str, Any]]:
             doc.update(match=pr["match"], next=pr["next"], lag=max(0, last_index - pr["match"]),
                        state=pr["state"], inflight=pr["inflight"],
                        recent_active=pr["recent_active"] or is_self)
+            if pr["recent_active"]:
+                # It answered us this term: a higher term would have deposed us, a lower
+                # one is not counted as activity.
+                doc["term"] = term
         elif is_self:
             doc["match"] = last_index  # what this node holds; its lag only the leader knows
         if not is_self:
