@@ -171,8 +171,9 @@ class _Section:
                 "see etc/kvraft/kvraft.toml for the documented keys")
 
 
-def load(path: str | Path) -> Config:
-    """Read and validate the TOML file at ``path``."""
+def load(path: str | Path, join: bool = False) -> Config:
+    """Read and validate the TOML file at ``path``; ``join`` sets ``cluster.join``
+    (``twistd kvraft --join``)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -182,6 +183,10 @@ def load(path: str | Path) -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    if join:
+        cluster = doc.setdefault("cluster", {})
+        if isinstance(cluster, dict):
+            cluster["join"] = True
     return replace(from_dict(doc, base=path.parent), source=path)
 
 

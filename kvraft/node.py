@@ -31,23 +31,25 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from kvraft import results
 from kvraft.client.backend import IClientBackend
 from kvraft.client.errors import NoLeaderError, OutcomeUnknownError, OverloadedError
+from kvraft.membership import Membership
 from kvraft.metrics import NodeMetrics
 from kvraft.raft import (
-    ConfChangeError,
     ConfState,
     EntryType,
     HardState,
+    MsgType,
     ProposalDropped,
     RaftConfig,
     RaftCore,
     Ready,
     Role,
     Snapshot,
-    decode_conf_change,
 )
+from kvraft.raft.types import DRIVER_MESSAGES
+from kvraft.snapshot_stream import SnapshotReceiver, SnapshotSender
+from kvraft.snapshotter import Snapshotter
 
 log = Logger(namespace="kvraft.node")
 
@@ -58,24 +60,22 @@ pending_reads_max = 200_000
 
 
 class CoreStorage:
-    """Presents the node's stores as the storage read contract of ``kvraft.raft``."""
+    """Presents the node's stores as the storage read contract of ``kvraft.raft``.
 
-    def __init__(self, storage, conf_state: ConfState):
+    ``snapshot()`` is the Snapshotter's: metadata only (the node streams the body)."""
+
+    def __init__(self, storage, conf_state: ConfState, snapshot: Callable[[], Snapshot]):
         self._log = storage.log
         self._stable = storage.stable
-        self._snapshots = storage.snapshots
         self.conf_state = conf_state
         self.first_index = self._log.first_index
         self.last_index = self._log.last_index
         self.term = self._log.term
         self.entries = self._log.entries
+        self.snapshot = snapshot
 
     def initial_state(self) -> tuple[HardState, ConfState]:
         return self._stable.hard_state(), self.conf_state
-
-    def snapshot(self) -> Snapshot:
-        meta = self._snapshots.latest()
-        return Snapshot(metadata=meta) if meta is not None else Snapshot()
 
 
 class _Batch:
@@ -142,6 +142,23 @@ class RaftNodeService(Service):
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = self.reactor
         self.listeners: list[Callable[[str, dict], None]] = []
+        # Snapshots, InstallSnapshot streams and membership live in their own modules.
+        self.membership = Membership(self)
+        self.snapshotter = Snapshotter(
+            storage, machine, self.reactor, entries_max=settings.snapshot_entries,
+            bytes_max=settings.snapshot_bytes,
+            margin_entries=settings.compaction_margin_entries,
+            retained=config.snapshots_retained, conf_state=self.membership.conf_state,
+            addresses=lambda: self.membership.addresses,
+            log_busy=lambda: self._persisting)
+        self.snapshot_sender = SnapshotSender(
+            self.node_id, transport, self.reactor, self._open_snapshot_body,
+            self.report_snapshot)
+        self.snapshot_receiver = SnapshotReceiver(
+            self.node_id, transport, storage.snapshots, self.reactor, self.receive,
+            committed=lambda: self.core.log.committed, term=lambda: self.core.term)
+        self._maintenance = LoopingCall(self.membership.tick)
+        self._maintenance.clock = self.reactor
         self.metrics = NodeMetrics()  # hooks below; kvraft.web.collector exports them
 
     # -- lifecycle -------------------------------------------------------------------
@@ -151,10 +168,16 @@ class RaftNodeService(Service):
         self.core = self._build_core()
         self._durable_index = self.storage.log.last_index()
         self.transport.on_message = self.receive
+        self.membership.sync_transport()
         self._ticker.start(self.tick_ms / 1000.0, now=False)
-        log.info("node {node_id} started: term {term}, last index {last}, voters {voters}",
-                 node_id=self.node_id, term=self.core.status()["term"],
-                 last=self._durable_index, voters=",".join(self._conf_state().voters))
+        self._maintenance.start(self.tick_ms / 1000.0, now=False)
+        conf = self.membership.conf_state()
+        log.info("node {node_id} started: term {term}, applied {applied}, last index {last}, "
+                 "voters {voters}, learners {learners}{joining}", node_id=self.node_id,
+                 term=self.core.term, applied=self.machine.last_applied,
+                 last=self._durable_index, voters=",".join(conf.voters),
+                 learners=",".join(conf.learners) or "-",
+                 joining=" (joining: waiting to be added)" if self.membership.joining else "")
         self._schedule()
 
     def stopService(self):
@@ -162,6 +185,12 @@ class RaftNodeService(Service):
         self._stopping = True
         if self._ticker.running:
             self._ticker.stop()
+        if self._maintenance.running:
+            self._maintenance.stop()
+        self.snapshotter.stop()
+        self.snapshot_sender.stop_all()
+        self.snapshot_receiver.stop()
+        self.membership.stop()
         if self._scheduled is not None and self._scheduled.active():
             self._scheduled.cancel()
         self._scheduled = None
@@ -185,24 +214,38 @@ class RaftNodeService(Service):
         for d in waiting:
             d.callback(None)
 
-    def _conf_state(self) -> ConfState:
+    def _load_state(self) -> ConfState:
+        """Bootstrap a new node, restore the newest snapshot, and return the
+        configuration the core starts from (the snapshot's; the core then replays the
+        configuration changes of the log after it)."""
         meta = self.storage.stable.metadata()
-        voters = meta.get("voters")
-        if voters:
-            return ConfState(voters=tuple(voters), learners=tuple(meta.get("learners", ())))
-        return ConfState(voters=tuple(sorted(self.config.members)))
+        config = self.config
+        if not meta:
+            # A node with state ignores cluster.members from then on.
+            addresses = {k: str(v) for k, v in config.members.items()}
+            meta = {"cluster": config.cluster_name, "addresses": addresses}
+            if config.join:
+                meta["join"] = True
+            else:
+                voters = tuple(sorted(config.members))
+                self.snapshotter.bootstrap(ConfState(voters=voters), addresses)
+                meta["voters"] = list(voters)
+            self.storage.stable.save_metadata(meta)
+        snapshot, header = self.snapshotter.load()
+        self.membership.load(meta, header.get("addresses", {}))
+        if snapshot is not None:
+            return snapshot.conf_state
+        if meta.get("voters"):  # bootstrapped before bootstrap snapshots existed
+            return ConfState(voters=tuple(meta["voters"]),
+                             learners=tuple(meta.get("learners", ())))
+        # Joining: a placeholder configuration without this node, so it never campaigns;
+        # the leader's snapshot brings the real one.
+        self.membership.joining = True
+        others = tuple(sorted(set(config.members) - {self.node_id}))
+        return ConfState(voters=others)
 
     def _build_core(self) -> RaftCore:
-        meta = self.storage.stable.metadata()
-        if not meta and not self.config.join:
-            # A new cluster: the configured members bootstrap it. A node with state ignores
-            # cluster.members from then on.
-            self.storage.stable.save_metadata({
-                "cluster": self.config.cluster_name,
-                "voters": sorted(self.config.members),
-                "addresses": {k: str(v) for k, v in self.config.members.items()},
-            })
-        conf_state = self._conf_state()
+        conf_state = self._load_state()
         applied = self.machine.last_applied
         settings = self.config.raft
         raft_config = RaftConfig(
@@ -211,7 +254,8 @@ class RaftNodeService(Service):
             pre_vote=settings.pre_vote, check_quorum=settings.check_quorum, seed=self._seed,
             max_inflight_msgs=settings.max_inflight_msgs, max_msg_bytes=settings.max_msg_bytes,
             max_uncommitted_bytes=settings.max_uncommitted_bytes, applied=applied)
-        return RaftCore(raft_config, CoreStorage(self.storage, conf_state))
+        return RaftCore(raft_config, CoreStorage(self.storage, conf_state,
+                                                 self.snapshotter.snapshot_for_core))
 
     # -- events into the core -----------------------------------------------------------
 
@@ -222,6 +266,12 @@ class RaftNodeService(Service):
     def receive(self, message) -> None:
         """A message from a peer (called by the transport)."""
         if self._stopping or self.core is None:
+            return
+        if message.type in DRIVER_MESSAGES:
+            if message.type is MsgType.MsgSnapChunk:
+                self.snapshot_receiver.on_chunk(message)
+            else:
+                self.snapshot_sender.on_response(message)
             return
         try:
             self.core.step(message)
@@ -291,15 +341,11 @@ class RaftNodeService(Service):
         name = bytes(command[0]).upper() if command else b""
         if name == b"FLUSHALL":
             return self.write([b"FLUSHALL"])
-        if name == b"RAFT.MEMBERS":
-            conf = self._conf_state()
-            return defer.succeed([v.encode() for v in conf.voters])
-        return defer.succeed(results.CommandError(
-            f"ERR {name.decode(errors='replace')} is not supported by this node yet"))
+        return self.membership.admin(command)
 
     def info(self) -> dict[str, Any]:
         status = self.core.status() if self.core is not None else {}
-        conf = self._conf_state()
+        conf = self.membership.conf_state()
         role = status.get("role", Role.Follower)
         return {
             "raft_node_id": self.node_id,
@@ -309,6 +355,10 @@ class RaftNodeService(Service):
             "raft_commit_index": status.get("commit_index", 0),
             "raft_applied_index": self.machine.last_applied,
             "raft_members": ",".join(conf.members()),
+            "raft_voters": ",".join(conf.voters),
+            "raft_learners": ",".join(conf.learners),
+            "raft_snapshot_index": getattr(self.snapshotter.meta, "index", 0),
+            "raft_log_first_index": self.storage.log.first_index(),
             "keys": getattr(self.machine, "key_count", 0),
         }
 
@@ -375,7 +425,7 @@ class RaftNodeService(Service):
             if rd.soft_state is not None:
                 self._on_soft_state(rd.soft_state)
             if rd.messages:
-                self.transport.send_many(rd.messages)
+                self._send_messages(rd.messages)
             # Entries at or below the durable index may be applied while this Ready's own
             # entries are written; the rest wait for the write.
             early, late = self._split_durable(rd.committed_entries)
@@ -395,6 +445,15 @@ class RaftNodeService(Service):
                 d.addErrback(self._storage_failed)
                 return
             self._finish(rd, late)
+
+    def _send_messages(self, messages: list) -> None:
+        """Send a Ready's messages; a MsgSnap becomes a chunk stream (SnapshotSender)."""
+        for m in messages:
+            if m.type is MsgType.MsgSnap:
+                self.snapshot_sender.start(m)
+        self.transport.send_many([m for m in messages if m.type is not MsgType.MsgSnap]
+                                 if any(m.type is MsgType.MsgSnap for m in messages)
+                                 else messages)
 
     def _split_durable(self, entries: list) -> tuple[list, list]:
         if not entries or entries[-1].index <= self._durable_index:
@@ -452,11 +511,25 @@ class RaftNodeService(Service):
             log.info("node {node_id}: role {role}, leader {leader}", node_id=self.node_id,
                      role=soft.role.value, leader=soft.leader_id or "none")
         self.role, self.leader_id = soft.role, soft.leader_id
+        if soft.role != Role.Leader:
+            self.snapshot_sender.stop_all()
+        self.membership.on_soft_state(soft.role, soft.leader_id)
         for listener in self.listeners:
             listener("soft_state", {"role": soft.role, "leader_id": soft.leader_id})
 
     def _install_snapshot(self, snapshot: Snapshot) -> None:
-        raise NotImplementedError("snapshot installation arrives with log compaction")
+        """The core accepted a snapshot from the leader (its body is already verified and
+        durable in the snapshot store): restore the machine, restart the log after it."""
+        meta = snapshot.metadata
+        header = self.snapshotter.install(meta)
+        self._durable_index = meta.index
+        self.membership.installed_snapshot(header)
+        log.info("installed snapshot {index} (term {term}) from the leader; {keys} keys",
+                 index=meta.index, term=meta.term,
+                 keys=getattr(self.machine, "key_count", "?"))
+
+    def _open_snapshot_body(self, index: int):
+        return self.storage.snapshots.open(index)
 
     # -- apply ---------------------------------------------------------------------------
 
@@ -484,26 +557,19 @@ class RaftNodeService(Service):
                 machine.set_last_applied(entry.index)
         if entries:
             self.metrics.applied(len(entries), perf_counter() - started)
-            self._after_apply()
+            self._after_apply(entries)
 
     def _apply_conf_change(self, entry) -> None:
         """A committed membership change: the core adopts it; we remember the new
-        configuration and its members' addresses."""
-        cc = decode_conf_change(entry.data)
-        try:
-            conf_state = self.core.apply_conf_change(cc)
-        except ConfChangeError as e:
-            # Every node refuses the same change the same way: log it and go on.
-            log.warn("ignoring membership change at {index}: {error}", index=entry.index,
-                     error=str(e))
-        else:
-            log.info("membership at {index}: voters {voters}, learners {learners}",
-                     index=entry.index, voters=",".join(conf_state.voters),
-                     learners=",".join(conf_state.learners))
+        configuration and its members' addresses (kvraft.membership)."""
+        self.membership.apply(entry.index, entry.data)
         self.machine.set_last_applied(entry.index)
 
-    def _after_apply(self) -> None:
-        """Hook run after each applied run of entries (snapshot triggers go here)."""
+    def _after_apply(self, entries: list) -> None:
+        """After each applied run of entries (between two entries): snapshot when due,
+        compact when a snapshot is written, move a joint configuration on."""
+        self.snapshotter.after_apply(entries)
+        self.membership.after_apply(self.machine.last_applied)
 
     def _resolve(self, seq: int, outcomes: list) -> None:
         batch = self._proposed.pop(seq, None)

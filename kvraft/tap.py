@@ -40,10 +40,15 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", "/etc/kvraft/kvraft.toml", "Path of the node's TOML configuration."],
     ]
+    optFlags = [
+        ["join", None, "Join an existing cluster (as cluster.join = true): start with no "
+         "configuration and wait to be added with `kvraft member add`. Ignored once the "
+         "node has state."],
+    ]
 
     def postOptions(self):
         try:
-            self["loaded"] = config_module.load(self["config"])
+            self["loaded"] = config_module.load(self["config"], join=bool(self["join"]))
         except config_module.ConfigError as e:
             raise usage.UsageError(f"configuration error: {e}") from None
 

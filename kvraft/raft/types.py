@@ -41,6 +41,10 @@ class MsgType(enum.IntEnum):
     MsgReadIndex = 21
     MsgReadIndexResp = 22
     MsgForgetLeader = 23
+    # Driver-to-driver messages: they travel between nodes but never enter the core
+    # (the node streams snapshot bodies with them; see DRIVER_MESSAGES).
+    MsgSnapChunk = 24
+    MsgSnapChunkResp = 25
 
 
 LOCAL_MESSAGES = frozenset({
@@ -48,6 +52,9 @@ LOCAL_MESSAGES = frozenset({
     MsgType.MsgUnreachable, MsgType.MsgSnapStatus,
 })
 """Kinds a driver must never put on the wire (nor accept from it)."""
+
+DRIVER_MESSAGES = frozenset({MsgType.MsgSnapChunk, MsgType.MsgSnapChunkResp})
+"""Kinds a driver sends to another node's driver; never stepped into a core."""
 
 RESPONSE_MESSAGES = frozenset({
     MsgType.MsgAppResp, MsgType.MsgVoteResp, MsgType.MsgPreVoteResp,
@@ -202,6 +209,17 @@ class Message:
     * MsgHeartbeat: ``commit``; ``context`` carries a ReadIndex round id.
     * MsgReadIndex / MsgReadIndexResp: ``context`` is the request id; the response's
       ``index`` is the read index.
+    * MsgSnap (core to driver): ``snapshot`` holds the metadata only; the driver streams
+      the body itself as MsgSnapChunks and steps a data-less MsgSnap into the receiver's
+      core once the whole body is verified and durable.
+    * MsgSnapChunk (driver to driver): ``snapshot`` carries the metadata of the snapshot
+      being sent and, as ``data``, one chunk of its body; ``index`` is the chunk's byte
+      offset in the body; ``context`` is empty except on the last chunk, where it is
+      the CRC32 of the whole body (4 bytes, big-endian).
+    * MsgSnapChunkResp (driver to driver): ``snapshot`` names the snapshot (metadata,
+      no data); ``index`` is how many body bytes the receiver holds; ``reject`` means it
+      gave up on this stream; ``context`` is ``b"installed"`` once the receiver has the
+      verified snapshot durable and handed to its core (or found it needs none).
     """
 
     type: MsgType
