@@ -11,6 +11,7 @@ import sys
 
 SUBCOMMANDS = {
     "certs": ("kvraft.certs", "create a cluster CA and node/client certificates"),
+    "chaos": ("kvraft.testing.chaos.cli", "fault-test a real local cluster (Jepsen-style)"),
     "dev": ("kvraft.dev", "run a local 3-node cluster under ./var/dev (Ctrl-C stops it)"),
     "status": ("kvraft.status", "show each member's role, term and indices"),
 }

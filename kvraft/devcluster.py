@@ -80,7 +80,8 @@ class LocalCluster:
     def __init__(self, base_dir: str | Path, size: int = 3, host: str = "127.0.0.1",
                  base_port: int | None = None, raft: dict | None = None,
                  storage: dict | None = None, python: str | None = None,
-                 extra_config: dict | None = None):
+                 extra_config: dict | None = None,
+                 peer_routes: dict[str, dict[str, str]] | None = None):
         self.base_dir = Path(base_dir).resolve()
         self.size = size
         self.host = host
@@ -89,6 +90,11 @@ class LocalCluster:
         self.raft.update(raft or {})
         self.storage = storage or {"backend": "wal"}
         self.extra_config = extra_config or {}
+        self.peer_routes: dict[str, dict[str, str]] = {
+            k: dict(v) for k, v in (peer_routes or {}).items()}
+        """Per-node overrides of the member addresses it dials: ``{from: {to: "host:port"}}``.
+        The chaos harness routes every directed peer link through its proxy this way (TLS
+        passes through untouched, so the SAN checks still hold). Set before ``prepare``."""
         self.cert_dir = self.base_dir / "certs"
         ids = [f"n{i}" for i in range(1, size + 1)]
         if base_port is None:
@@ -128,6 +134,7 @@ class LocalCluster:
 
     def config_for(self, spec: NodeSpec) -> dict:
         members = {n.node_id: f"{self.host}:{n.peer_port}" for n in self.nodes.values()}
+        members.update(self.peer_routes.get(spec.node_id, {}))
         doc = {
             "node": {"id": spec.node_id, "data_dir": str(spec.data_dir)},
             "cluster": {"members": members},
