@@ -50,7 +50,7 @@ from kvraft.testing.durable_storage import SimStorage
 from kvraft.testing.invariants import InvariantViolation, SafetyMonitor
 from kvraft.testing.kvmodel import KVMachine, encode_batch
 from kvraft.testing.network import NetworkFaults, SimNetwork
-from kvraft.testing.serving import ClientServing
+from kvraft.testing.serving import SCRIPT_CLIENT, ClientServing
 
 try:  # the core's stable message text, when present
     from kvraft.raft import describe_message as _describe_message
@@ -125,6 +125,7 @@ class SimCluster(ClientServing):
         self.stats: Counter[str] = Counter()
         self.clients: dict[int, SimClient] = {}
         self._script_requests = 0
+        self._script_reads: dict[int, Any] = {}
         conf = ConfState(voters=names)
         self.nodes: dict[str, SimNode] = {}
         s = self.settings
@@ -338,7 +339,8 @@ class SimCluster(ClientServing):
         """Propose ``put(key, value)`` at ``name`` as a KV command (client 0); False if
         the proposal was dropped."""
         self._script_requests += 1
-        return self.propose(name, encode_batch([{"c": 0, "r": self._script_requests,
+        return self.propose(name, encode_batch([{"c": SCRIPT_CLIENT,
+                                                 "r": self._script_requests,
                                                  "f": "put", "k": key, "v": value}]))
 
     def kv_state(self, name: str) -> dict[str, Any]:

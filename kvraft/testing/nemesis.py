@@ -145,6 +145,8 @@ class Nemesis:
 
     def _do_partition(self) -> bool:
         names = self._shuffled()
+        if len(names) < 2:
+            return False
         cut = self.rng.randint(1, len(names) - 1)
         self.cluster.partition(tuple(sorted(names[:cut])), tuple(sorted(names[cut:])))
         self._begin_spell()
@@ -153,6 +155,8 @@ class Nemesis:
     def _do_oneway(self) -> bool:
         names = self._shuffled()
         pairs = [(a, b) for a in names for b in names if a != b]
+        if not pairs:
+            return False
         for a, b in self.rng.sample(pairs, self.rng.randint(1, max(1, len(pairs) // 3))):
             self.cluster.block(a, b)
         self._begin_spell()
@@ -179,7 +183,7 @@ class Nemesis:
     def _do_transfer(self) -> bool:
         c = self.cluster
         leader = c.leader()
-        if leader is None:
+        if leader is None or len(c.names) < 2:
             return False
         c.transfer_leadership(leader, self.rng.choice([n for n in c.names if n != leader]))
         return True

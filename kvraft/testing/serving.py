@@ -4,6 +4,7 @@ ReadIndex once the node has applied up to the read index)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -15,12 +16,28 @@ from kvraft.testing.kvmodel import encode_batch
 if TYPE_CHECKING:
     from kvraft.testing.cluster import SimNode
 
-__all__ = ["ClientServing"]
+__all__ = ["ClientServing", "ScriptRead"]
+
+SCRIPT_CLIENT = 0
+"""The client id of requests a test script makes through SimCluster helpers."""
+
+
+@dataclass(slots=True)
+class ScriptRead:
+    """A read a script asked for with ``SimCluster.get``: ``done`` once answered, with
+    ``kind`` ``ok`` (``value`` read) or ``redirect`` (no leader known)."""
+
+    node: str
+    key: str
+    done: bool = False
+    kind: str = ""
+    value: Any = None
 
 
 class ClientServing:
     """Mixed into SimCluster; uses its ``nodes``, ``rng``, ``schedule``, ``stats``,
-    ``clients``, ``client_delay_steps_max``, ``client_drop_rate`` and ``_after_input``."""
+    ``clients``, ``client_delay_steps_max``, ``client_drop_rate``, ``_after_input``,
+    ``_script_requests`` and ``_script_reads``."""
 
     def add_client(self, client: SimClient) -> None:
         """Register a client so replies and timers reach it."""
@@ -85,7 +102,23 @@ class ClientServing:
         node.pending_writes[(request.client, request.request)] = request.attempt
         self.stats["proposals"] += 1
 
+    def get(self, name: str, key: str) -> ScriptRead:
+        """Read ``key`` at node ``name`` as a client would (ReadIndex, then the value once
+        applied); the request reaches the node at once. Run the cluster until
+        ``.done``."""
+        self._script_requests += 1
+        read = ScriptRead(name, key)
+        self._script_reads[self._script_requests] = read
+        self._on_creq(name, ClientRequest(SCRIPT_CLIENT, self._script_requests, 1, "get",
+                                          key, None))
+        return read
+
     def _on_crep(self, reply: ClientReply) -> None:
+        if reply.client == SCRIPT_CLIENT:
+            read = self._script_reads.pop(reply.request, None)
+            if read is not None:
+                read.done, read.kind, read.value = True, reply.kind, reply.result
+            return
         self.clients[reply.client].on_reply(reply)
 
     def _on_ctimer(self, client: int, request: int, attempt: int) -> None:

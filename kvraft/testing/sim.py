@@ -50,6 +50,8 @@ class SimConfig:
     check_history: bool = True
     history_timeout_s: float = 30.0
     digest: bool = False  # compute a trace digest (determinism checks; costs ~10%)
+    # Clock skew: each node ticks every 10 +- up to this many steps (fixed per node).
+    tick_skew_steps: int = 1
     client: ClientConfig = field(default_factory=ClientConfig)
     timing: NemesisTiming = field(default_factory=NemesisTiming)
 
@@ -84,6 +86,7 @@ def run_seed(seed: int, config: SimConfig | None = None, *,
     started = time.monotonic()
     rng = random.Random(seed)
     faults, settings = configure(rng, config.faults)
+    settings.tick_skew_steps = config.tick_skew_steps
     cluster = SimCluster(config.nodes, seed=seed, rng=rng, faults=faults, settings=settings,
                          core_factory=core_factory, trace=trace, digest=config.digest,
                          start=False)
@@ -245,6 +248,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--settle-steps", type=int, default=4_000,
                    help="fault-free phase after the chaos, so operations finish")
     p.add_argument("--clients", type=int, default=3, help="simulated clients")
+    p.add_argument("--tick-skew-steps", type=int, default=1,
+                   help="clock skew: a node ticks every 10 +- up to this many steps")
     p.add_argument("--faults", type=_parse_faults, default=frozenset(FAULT_KINDS),
                    help=f"comma list among {','.join(FAULT_KINDS)}, or all / none")
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
@@ -262,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     config = SimConfig(nodes=args.nodes, steps=args.steps, settle_steps=args.settle_steps,
                        clients=args.clients, faults=args.faults,
+                       tick_skew_steps=args.tick_skew_steps,
                        check_history=not args.no_history_check)
     seeds = [args.seed] if args.seed is not None else args.seeds
     config.digest = args.seed is not None
@@ -314,7 +320,8 @@ def describe_violation(report: SeedReport, config: SimConfig) -> str:
         else "all"
     replay = (f"python -m kvraft.testing.sim --seed {report.seed} --nodes {config.nodes} "
               f"--steps {config.steps} --settle-steps {config.settle_steps} "
-              f"--clients {config.clients} --faults {faults} --trace")
+              f"--clients {config.clients} --faults {faults} "
+              f"--tick-skew-steps {config.tick_skew_steps} --trace")
     tail = "\n".join("  " + line for line in report.recent_events[-60:])
     return (f"\nVIOLATION seed {report.seed}: invariant {name!r}\n  {detail}\n"
             f"last events:\n{tail}\nreplay: {replay}")
