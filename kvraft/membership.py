@@ -295,9 +295,11 @@ class Membership:
             self.node._schedule()
 
     def _caught_up(self, pr) -> bool:
+        # Not recent_active: check-quorum clears it every election timeout, so it would
+        # say "not caught up" right after each round. A peer that stops answering leaves
+        # Replicate (unreachable reports, rejections) or falls behind.
         lag = self.node.core.log.last_index() - pr.match
-        return (pr.state == ProgressState.Replicate and pr.recent_active
-                and lag <= self.promote_lag_entries_max)
+        return pr.state == ProgressState.Replicate and lag <= self.promote_lag_entries_max
 
     def best_transferee(self, candidates) -> str | None:
         """The most caught-up recently active voter among ``candidates`` (not us)."""
@@ -460,9 +462,8 @@ class Membership:
         if not self._caught_up(pr):
             return CommandError(
                 f"ERR {node} is not caught up: {lag} entries behind the leader (at most "
-                f"{self.promote_lag_entries_max}), replication {pr.state.value}"
-                f"{'' if pr.recent_active else ', not heard from recently'}; retry once "
-                "it has caught up")
+                f"{self.promote_lag_entries_max}), replication {pr.state.value}; retry "
+                "once it has caught up")
         address = self.addresses.get(node, "").encode()
         return self._propose(ConfChange(
             changes=(ConfChangeSingle(ConfChangeType.AddVoter, node, address),), joint=True))
