@@ -283,10 +283,14 @@ class MeteredBackend:
 class _CountingTLSProtocol(TLSMemoryBIOProtocol):
     def connectionLost(self, reason):
         # Classify before Twisted drops the OpenSSL handle (kvraft.tls.classify_refusal).
+        # A refused handshake reaches us as a plain connection loss; the TLS error that
+        # caused it waits in _reason for the wrapped protocol. Both private names are
+        # read with fallbacks: a Twisted without them only makes this count less.
         if not getattr(self, "_handshakeDone", True):
             from kvraft import tls
-            if tls.is_tls_error(reason):
-                refusal = tls.classify_refusal(self, reason)
+            error = getattr(self, "_reason", None) or reason
+            if tls.is_tls_error(error):
+                refusal = tls.classify_refusal(self, error)
                 self.factory.handshake_failures[refusal.reason] += 1
                 peer = self.transport.getPeer() if self.transport is not None else None
                 log.warn("client TLS handshake from {peer} refused ({reason}): {detail}",
