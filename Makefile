@@ -22,6 +22,13 @@ test: venv
 test-all: venv
 	$(PY) -m pytest -n 2 --runslow $(PYTEST_ARGS)
 
+## The long simulation: thousands of seeded fault schedules (SEEDS=1-2000 NODES=5 to change).
+SEEDS ?= 1-1000
+NODES ?= 5
+STEPS ?= 20000
+sim: venv
+	$(PY) -m kvraft.testing.sim --seeds $(SEEDS) --nodes $(NODES) --steps $(STEPS) --jobs 2
+
 lint: venv
 	$(PY) -m pip install --quiet ruff
 	$(VENV)/bin/ruff check kvraft tests twisted
