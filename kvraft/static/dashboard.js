@@ -67,7 +67,7 @@ function drawTopology(status) {
   const leaderId = status.node.leader;
   // The leader on top, the others clockwise in name order.
   members.sort((a, b) => (b.id === leaderId) - (a.id === leaderId) || a.id.localeCompare(b.id));
-  const cx = 320, cy = 190, rx = 220, ry = 118, r = 42;
+  const cx = 320, cy = 178, rx = 220, ry = 100, r = 42;
   const pos = {};
   members.forEach((m, i) => {
     const angle = -Math.PI / 2 + (2 * Math.PI * i) / members.length;
@@ -98,7 +98,7 @@ function drawTopology(status) {
     const sub = svg("text", { x: x, y: y + 18, class: "sub" }, g);
     sub.textContent = m.term !== null && m.term !== undefined ? `${m.role} · t${m.term}` : m.role;
     if (m.role === "leader") {
-      const crown = svg("text", { x: x, y: y - r - 8, class: "crown" }, g);
+      const crown = svg("text", { x: x, y: y - r - 13, class: "crown" }, g);
       crown.textContent = "LEADER";
     }
   }
@@ -173,7 +173,8 @@ function drawEvents(status) {
     const li = el("li", { "data-kind": ev.kind });
     li.appendChild(el("time", {}, ago(status.time - ev.time)));
     li.appendChild(el("span", { class: `kind ${ev.kind}` }, ev.kind));
-    li.appendChild(el("span", {}, `${ev.text} (term ${ev.term})`));
+    li.appendChild(el("span", { class: "term" }, `term ${ev.term}`));
+    li.appendChild(el("span", {}, ev.text));
     return li;
   });
   if (!items.length) items.push(el("li", { class: "unknown" }, "nothing since this node started"));

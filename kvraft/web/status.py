@@ -62,17 +62,27 @@ def build_status(node, tracker=None, transport=None) -> dict[str, Any]:
     return doc
 
 
+def _address_text(address) -> str:
+    if isinstance(address, tuple | list) and len(address) == 2:
+        host, port = address
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)
+
+
 def _addresses(node, transport) -> dict[str, str]:
+    """Member id -> peer address: the configuration, then what membership changes
+    recorded, then whom the transport dials (the most recent knowledge wins)."""
     out = {}
     config = getattr(node, "config", None)
     for member, address in (getattr(config, "members", None) or {}).items():
-        out[member] = str(address)
+        out[member] = _address_text(address)
     storage = getattr(node, "storage", None)
     stable = getattr(storage, "stable", None)
     if stable is not None:
-        out.update({k: str(v) for k, v in (stable.metadata().get("addresses") or {}).items()})
+        recorded = stable.metadata().get("addresses") or {}
+        out.update({k: _address_text(v) for k, v in recorded.items()})
     if transport is not None:
-        out.update({k: str(v) for k, v in transport.peers.items()})
+        out.update({k: _address_text(v) for k, v in transport.peers.items()})
     return out
 
 

@@ -97,7 +97,7 @@ class ClusterTracker(Service):
                         node=self.node.node_id)
         if leader != self._leader:
             if leader:
-                self._event("leader", term, f"{leader} leads term {term}", leader=leader)
+                self._event("leader", term, f"{leader} leads", leader=leader)
             elif self._leader:
                 self._event("leader-lost", term, f"{self.node.node_id} lost its leader "
                             f"{self._leader}", leader="")
