@@ -50,6 +50,9 @@ class NodeSpec:
     log_path: Path
     process: subprocess.Popen | None = None
     extra: dict = field(default_factory=dict)
+    """Config sections for this node only, merged over the cluster's (e.g.
+    ``{"cluster": {"join": True}}`` for a node that joins an existing cluster). Written
+    by ``prepare`` or ``write_config``."""
 
 
 def _toml_value(value) -> str:
@@ -150,7 +153,14 @@ class LocalCluster:
         }
         for section, table in self.extra_config.items():
             doc.setdefault(section, {}).update(table)
+        for section, table in spec.extra.items():
+            doc.setdefault(section, {}).update(table)
         return doc
+
+    def write_config(self, node_id: str) -> None:
+        """Rewrite one node's config file (after changing ``extra`` or routes)."""
+        spec = self.nodes[node_id]
+        write_toml(spec.config_path, self.config_for(spec))
 
     # -- processes -------------------------------------------------------------------------
 
@@ -291,6 +301,42 @@ class LocalCluster:
             ssl_certfile=str(self.cert_dir / f"{identity}.pem"),
             ssl_keyfile=str(self.cert_dir / f"{identity}-key.pem"),
             ssl_check_hostname=False, **kwargs)
+
+    # -- membership -----------------------------------------------------------------------
+
+    def add_node(self, node_id: str | None = None) -> NodeSpec:
+        """Prepare a node that joins this running cluster (the next ``nN`` by default):
+        its certificate, ports, and a config with ``cluster.join = true`` listing the
+        current members. Start it with ``start``, then add it with
+        ``admin(leader, b"RAFT.ADD", ...)`` (``peer_address`` is its address)."""
+        from kvraft import certs
+        if node_id is None:
+            numbers = [int(n[1:]) for n in self.nodes if n[1:].isdigit()]
+            node_id = f"n{max(numbers, default=0) + 1}"
+        if node_id in self.nodes:
+            raise ValueError(f"{node_id} is already part of this LocalCluster")
+        peer, client, plain, http = free_ports(4, self.host)
+        node_dir = self.base_dir / node_id
+        spec = NodeSpec(node_id, peer, client, plain, http, node_dir / "data",
+                        node_dir / "kvraft.toml", node_dir / "node.log")
+        self.nodes[node_id] = spec
+        if not (self.cert_dir / f"{node_id}.pem").exists():
+            certs.issue_node(self.cert_dir, node_id, hosts=[self.host], local_dev=True)
+        spec.config_path.parent.mkdir(parents=True, exist_ok=True)
+        doc = self.config_for(spec)
+        doc["cluster"]["join"] = True
+        write_toml(spec.config_path, doc)
+        return spec
+
+    def peer_address(self, node_id: str) -> str:
+        """``host:port`` where ``node_id`` listens for peers (what RAFT.ADD takes)."""
+        return f"{self.host}:{self.nodes[node_id].peer_port}"
+
+    def admin(self, node_id: str, *args: bytes | str, timeout_s: float = 30.0):
+        """One command on ``node_id``'s loopback plaintext port (e.g. ``RAFT.MEMBERS``);
+        an error reply comes back as a RuntimeError instance, not raised."""
+        return raw_command(self.host, self.nodes[node_id].plain_port,
+                           [a.encode() if isinstance(a, str) else a for a in args], timeout_s)
 
     def close(self) -> None:
         for node_id in self.nodes:

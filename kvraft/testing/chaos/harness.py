@@ -37,7 +37,13 @@ from kvraft.testing.chaos.client import (
     RespClient,
     tls_context,
 )
-from kvraft.testing.chaos.nemesis import NEMESES, Fault, Nemesis, link_name
+from kvraft.testing.chaos.nemesis import (
+    NEMESES,
+    Fault,
+    Nemesis,
+    link_name,
+    shared_link_name,
+)
 from kvraft.testing.chaos.proxy import ProxyProcess
 from kvraft.testing.chaos.workload import (
     History,
@@ -119,6 +125,7 @@ class _Run:
     faults: list[Fault] = field(default_factory=list)
     anomalies: list[dict[str, Any]] = field(default_factory=list)
     clients: list = field(default_factory=list)
+    inbound: dict[str, str] = field(default_factory=dict)
 
     def log(self, message: str) -> None:
         print(f"[chaos {self.history.now():7.1f}s] {message}", flush=True)
@@ -164,11 +171,13 @@ def run(config: ChaosConfig) -> dict[str, Any]:
 
 def _route_links(r: _Run) -> None:
     cluster = r.cluster
-    for a in cluster.nodes:
-        for b, spec in cluster.nodes.items():
+    for b, spec in cluster.nodes.items():
+        for a in cluster.nodes:
             if a != b:
                 port = r.proxy.add(link_name(a, b), (cluster.host, spec.peer_port))
                 cluster.peer_routes.setdefault(a, {})[b] = f"{cluster.host}:{port}"
+        port = r.proxy.add(shared_link_name(b), (cluster.host, spec.peer_port))
+        r.inbound[b] = f"{cluster.host}:{port}"
 
 
 def _wait_ready(r: _Run) -> None:
@@ -213,7 +222,7 @@ def _plan(r: _Run) -> list[str]:
 
 def _schedule(r: _Run) -> None:
     c = r.config
-    nemesis = Nemesis(r.cluster, r.proxy, r.rng, r.history.now, r.log)
+    nemesis = Nemesis(r.cluster, r.proxy, r.rng, r.history.now, r.log, r.inbound)
     queue = _plan(r)
     end = r.history.now() + c.duration_s
     while (queue or r.history.now() < end) and not r.stop.is_set():
@@ -223,6 +232,9 @@ def _schedule(r: _Run) -> None:
         r.stop.wait(r.rng.uniform(*c.fault_s))
         fault.heal()
         fault.end = r.history.now()
+        for note in fault.notes:
+            if note.startswith("RAFT."):  # the cluster was healthy: a change must work
+                r.anomalies.append({"kind": "membership-change-failed", "detail": note})
         _check_processes(r, fault)
         deadline = time.monotonic() + c.recovery_s_max
         recovery = checks.probe_available(r.cluster, list(r.cluster.nodes), deadline,

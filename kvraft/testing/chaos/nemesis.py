@@ -13,6 +13,8 @@ partition-bridge    two halves that only one node (the bridge) can talk to
 partition-one-way   the leader's outgoing links blocked, or its incoming ones
 slow-links          every link delayed (tens to hundreds of ms, with jitter)
 torn-wal            SIGKILL a node under load, tear its last WAL write, restart at heal
+membership          RAFT.REMOVE a member (the leader one time in three), wipe it; at heal
+                    it rejoins empty as a learner and is promoted (``membership.py``)
 ==================  ===================================================================
 
 Partitions block peer links in the proxy (``kvraft.testing.chaos.proxy``), in ``hold``
@@ -46,6 +48,7 @@ from kvraft.testing.chaos.proxy import HOLD, RESET, ProxyProcess
 NEMESES = (
     "kill-random", "kill-leader", "pause-random", "pause-leader", "partition-halves",
     "partition-leader", "partition-bridge", "partition-one-way", "slow-links", "torn-wal",
+    "membership",
 )
 """Every fault kind, in the order the CI profile introduces them (shuffled by seed)."""
 
@@ -56,6 +59,11 @@ torn_bytes_max = 24
 def link_name(src: str, dst: str) -> str:
     """The proxy's name for the directed peer link ``src -> dst``."""
     return f"{src}->{dst}"
+
+
+def shared_link_name(dst: str) -> str:
+    """The proxy's shared inbound link of ``dst`` (for a member added by RAFT.ADD)."""
+    return f"*->{dst}"
 
 
 @dataclass
@@ -75,9 +83,10 @@ class Fault:
     notes: list[str] = field(default_factory=list)
 
     def heal(self) -> None:
+        """End the fault (once); a heal may return notes on what did not work."""
         if self.heal_fn is not None:
             fn, self.heal_fn = self.heal_fn, None
-            fn()
+            self.notes.extend(fn() or [])
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "targets": self.targets, "detail": self.detail,
@@ -93,13 +102,18 @@ class Nemesis:
     """Injects faults into ``cluster`` (processes) and ``proxy`` (peer links)."""
 
     def __init__(self, cluster: LocalCluster, proxy: ProxyProcess, rng: random.Random,
-                 now: Callable[[], float], log: Callable[[str], None] = lambda _: None):
+                 now: Callable[[], float], log: Callable[[str], None] = lambda _: None,
+                 inbound: dict[str, str] | None = None):
         self.cluster = cluster
         self.proxy = proxy
         self.rng = rng
         self.now = now
         self.log = log
         self.nodes = list(cluster.nodes)
+        self.inbound = inbound or {}
+        """Address of the proxy's shared inbound link ``*->X`` of each node X."""
+        self.shared_inbound: set[str] = set()
+        """Nodes that rejoined through RAFT.ADD: every link into them is ``*->X``."""
 
     # -- choosing targets ------------------------------------------------------------
 
@@ -154,10 +168,23 @@ class Nemesis:
         return self._pause("pause-leader", node, " (leader)" if is_leader else
                            " (no agreed leader: a random node)")
 
+    def resolve_links(self, links: list[str]) -> list[str]:
+        """The proxy links that carry ``links`` (``*->X`` for a node that rejoined)."""
+        resolved: list[str] = []
+        for name in links:
+            dst = name.split("->", 1)[1]
+            real = shared_link_name(dst) if dst in self.shared_inbound else name
+            if real not in resolved:
+                resolved.append(real)
+        return resolved
+
     def _block(self, kind: str, links: list[str], targets: list[str], detail: str) -> Fault:
         mode = self.rng.choice((HOLD, RESET))
-        self.proxy.set(links, blocked=True, mode=mode)
-        return self._fault(kind, targets, f"{detail} [{mode}, {len(links)} links]",
+        real = self.resolve_links(links)
+        self.proxy.set(real, blocked=True, mode=mode)
+        shared = [name for name in real if name.startswith("*")]
+        note = f"; shared inbound {','.join(shared)}" if shared else ""
+        return self._fault(kind, targets, f"{detail} [{mode}, {len(real)} links{note}]",
                            self.proxy.heal)
 
     def _split(self, groups: list[list[str]], bridge: str | None = None) -> list[str]:
@@ -209,6 +236,23 @@ class Nemesis:
         self.proxy.set("*", delay_ms=delay_ms, jitter_ms=jitter_ms)
         return self._fault("slow-links", list(self.nodes),
                            f"every link {delay_ms} ms +- {jitter_ms} ms", self.proxy.heal)
+
+    def _membership(self) -> Fault:
+        from kvraft.testing.chaos.membership import MembershipChange
+        leader, is_leader = self.leader_or_random()
+        followers = [n for n in self.nodes if n != leader]
+        node = leader if is_leader and self.rng.random() < 1 / 3 else \
+            self.rng.choice(followers)
+        round_ = MembershipChange(self.cluster, node, self.inbound[node], self.log)
+        what = round_.remove()
+        if round_.removed:
+            self.shared_inbound.add(node)
+        fault = self._fault("membership", [node], what + (" (the leader)" if node == leader
+                                                          and is_leader else ""),
+                            round_.rejoin)
+        if not round_.removed:
+            fault.notes.append(what)
+        return fault
 
     def _torn_wal(self) -> Fault:
         node = self.random_node()
