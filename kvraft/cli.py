@@ -14,6 +14,9 @@ SUBCOMMANDS = {
     "chaos": ("kvraft.testing.chaos.cli", "fault-test a real local cluster (Jepsen-style)"),
     "dev": ("kvraft.dev", "run a local 3-node cluster under ./var/dev (Ctrl-C stops it)"),
     "status": ("kvraft.status", "show each member's role, term and indices"),
+    "member": ("kvraft.admin.member", "list, add, promote, remove or replace members"),
+    "leader": ("kvraft.admin.leader", "transfer leadership to another voter"),
+    "snapshot": ("kvraft.admin.snapshot", "snapshot the state and compact the log now"),
 }
 
 

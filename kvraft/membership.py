@@ -515,8 +515,13 @@ class Membership:
                 elif error is not None:
                     self._end_change(waiter, CommandError(f"ERR membership change refused: "
                                                           f"{error}"))
-                elif waiter.joint and cs.is_joint():
+                elif waiter.joint and cs.is_joint() and self.node_id in cs.voters:
                     waiter.entered = True
+                elif waiter.joint and cs.is_joint():
+                    # This node is leaving: once C_old,new is committed, C_new follows
+                    # (any leader finishes it), but the new leader stops talking to us
+                    # as soon as it applies C_new, so we might never see it applied.
+                    self._end_change(waiter, OK)
                 else:
                     self._end_change(waiter, OK)
             elif waiter.entered and not cs.is_joint():

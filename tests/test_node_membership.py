@@ -116,10 +116,14 @@ def test_removing_the_leader_hands_leadership_over(tmp_path):
         old = c.wait_leader()
         c.net.sent.clear()
         assert c.admin(old, "RAFT.REMOVE", old) == OK
-        new = c.wait_leader(seconds=5)
-        assert new != old
+        # Answered once C_old,new is committed (C_new follows whoever leads).
+        assert c.nodes[old].core.tracker.is_joint()
+        new = c.run_until(lambda: c.leader() not in (None, old) and c.leader(), seconds=5,
+                          what="a new leader")
         # Handed over while joint (no election timeout to wait for), then C_new.
         assert {m.to for m in c.net.sent if m.type == MsgType.MsgTimeoutNow} == {new}
+        c.run_until(lambda: not any(n.core.tracker.is_joint() for i, n in c.nodes.items()
+                                    if i != old), what="C_new everywhere")
         for node_id in c.nodes:
             if node_id != old:
                 cs = c.nodes[node_id].core.tracker.conf_state()
