@@ -31,6 +31,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from kvraft.bootstrap import load_state
 from kvraft.client.backend import IClientBackend
 from kvraft.client.errors import NoLeaderError, OutcomeUnknownError, OverloadedError
 from kvraft.membership import Membership
@@ -214,38 +215,8 @@ class RaftNodeService(Service):
         for d in waiting:
             d.callback(None)
 
-    def _load_state(self) -> ConfState:
-        """Bootstrap a new node, restore the newest snapshot, and return the
-        configuration the core starts from (the snapshot's; the core then replays the
-        configuration changes of the log after it)."""
-        meta = self.storage.stable.metadata()
-        config = self.config
-        if not meta:
-            # A node with state ignores cluster.members from then on.
-            addresses = {k: str(v) for k, v in config.members.items()}
-            meta = {"cluster": config.cluster_name, "addresses": addresses}
-            if config.join:
-                meta["join"] = True
-            else:
-                voters = tuple(sorted(config.members))
-                self.snapshotter.bootstrap(ConfState(voters=voters), addresses)
-                meta["voters"] = list(voters)
-            self.storage.stable.save_metadata(meta)
-        snapshot, header = self.snapshotter.load()
-        self.membership.load(meta, header.get("addresses", {}))
-        if snapshot is not None:
-            return snapshot.conf_state
-        if meta.get("voters"):  # bootstrapped before bootstrap snapshots existed
-            return ConfState(voters=tuple(meta["voters"]),
-                             learners=tuple(meta.get("learners", ())))
-        # Joining: a placeholder configuration without this node, so it never campaigns;
-        # the leader's snapshot brings the real one.
-        self.membership.joining = True
-        others = tuple(sorted(set(config.members) - {self.node_id}))
-        return ConfState(voters=others)
-
     def _build_core(self) -> RaftCore:
-        conf_state = self._load_state()
+        conf_state = load_state(self)  # bootstrap or restore (kvraft.bootstrap)
         applied = self.machine.last_applied
         settings = self.config.raft
         raft_config = RaftConfig(
