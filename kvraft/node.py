@@ -157,7 +157,8 @@ class RaftNodeService(Service):
             self.report_snapshot)
         self.snapshot_receiver = SnapshotReceiver(
             self.node_id, transport, storage.snapshots, self.reactor, self.receive,
-            committed=lambda: self.core.log.committed, term=lambda: self.core.term)
+            committed=lambda: self.core.log.committed, term=lambda: self.core.term,
+            accepted=self._snapshot_pending)
         self._maintenance = LoopingCall(self.membership.tick)
         self._maintenance.clock = self.reactor
         self.metrics = NodeMetrics()  # hooks below; kvraft.web.collector exports them
@@ -489,9 +490,10 @@ class RaftNodeService(Service):
             listener("soft_state", {"role": soft.role, "leader_id": soft.leader_id})
 
     def _install_snapshot(self, snapshot: Snapshot) -> None:
-        """The core accepted a snapshot from the leader (its body is already verified and
-        durable in the snapshot store): restore the machine, restart the log after it."""
+        """The core accepted a snapshot from the leader (its body was received and its
+        checksum verified): publish it (fsync), restore the machine, restart the log."""
         meta = snapshot.metadata
+        self.snapshot_receiver.publish(meta)
         header = self.snapshotter.install(meta)
         self._durable_index = meta.index
         self.membership.installed_snapshot(header)
@@ -501,6 +503,11 @@ class RaftNodeService(Service):
 
     def _open_snapshot_body(self, index: int):
         return self.storage.snapshots.open(index)
+
+    def _snapshot_pending(self, index: int) -> bool:
+        log_ = self.core.log
+        return log_.has_next_or_in_progress_snapshot() and \
+            log_.snapshot().metadata.index == index
 
     # -- apply ---------------------------------------------------------------------------
 

@@ -9,10 +9,11 @@ data). The node does the rest, over the ordinary peer links::
       (offset, <= chunk_bytes_max of body each;          writes each chunk to a snapshot
        at most inflight_bytes_max unacknowledged)        writer, computes CRC32, acks
                                    ◄── MsgSnapChunkResp(index = bytes held)
-      last chunk carries CRC32 of the whole body ───►    compares, commits (fsync, in a
-                                                         thread), steps a data-less
-                                                         MsgSnap into its core (which
-                                                         installs it: kvraft.node)
+      last chunk carries CRC32 of the whole body ───►    compares, steps a data-less
+                                                         MsgSnap into its core; if the
+                                                         core installs it, the node
+                                                         publishes it (fsync, rename)
+                                                         and restores (kvraft.node)
       core.report_snapshot(peer, True) ◄── MsgSnapChunkResp(context=b"installed")
 
 Anything else ends the stream and reports failure to the leader's core, which then
@@ -32,7 +33,6 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterator
 
-from twisted.internet import threads
 from twisted.logger import Logger
 
 from kvraft.raft import Message, MsgType, Snapshot, SnapshotMetadata
@@ -49,7 +49,7 @@ streams_max = 8
 ack_timeout_s = 10.0
 """A stream with no acknowledgement for this long is given up."""
 install_timeout_s = 120.0
-"""After the last chunk: how long the follower may take to fsync and hand it over."""
+"""After the last chunk: how long the follower may take to hand it to its core."""
 receive_idle_s = 30.0
 """A follower drops a half-received snapshot after this long without a chunk."""
 INSTALLED = b"installed"
@@ -218,8 +218,7 @@ class SnapshotSender:
 class _InStream:
     """The snapshot being received from a leader."""
 
-    __slots__ = ("leader", "meta", "term", "writer", "received", "crc", "timer",
-                 "committing")
+    __slots__ = ("leader", "meta", "term", "writer", "received", "crc", "timer")
 
     def __init__(self, leader: str, meta: SnapshotMetadata, term: int, writer):
         self.leader = leader
@@ -229,20 +228,26 @@ class _InStream:
         self.received = 0
         self.crc = 0
         self.timer = None
-        self.committing = False
 
 
 class SnapshotReceiver:
-    """The follower's side: writes a chunk stream to the snapshot store, then hands the
-    snapshot to the core.
+    """The follower's side: writes a chunk stream to a snapshot writer and, once the
+    body is complete and its checksum matches, hands the snapshot to the core.
+
+    The snapshot is published (``writer.commit``: fsync, rename) only when the core
+    installs it (``publish``, called by the node while it handles the Ready holding the
+    snapshot); if the core turns it down (it already has those entries, it is no longer
+    a follower...), the written file is thrown away. So a published snapshot is always
+    one the node's state reaches.
 
     ``deliver(msg)`` steps a message into the core; ``committed()`` and ``term()`` read
-    the core's commit index and term.
+    the core's commit index and term; ``accepted(index)`` says whether the core now
+    holds a pending snapshot at ``index``.
     """
 
     def __init__(self, node_id: str, transport, snapshots, reactor,
                  deliver: Callable[[Message], None], committed: Callable[[], int],
-                 term: Callable[[], int]):
+                 term: Callable[[], int], accepted: Callable[[int], bool]):
         self.node_id = node_id
         self.transport = transport
         self.snapshots = snapshots
@@ -250,7 +255,9 @@ class SnapshotReceiver:
         self.deliver = deliver
         self.committed = committed
         self.term = term
+        self.accepted = accepted
         self.stream: _InStream | None = None
+        self.pending: _InStream | None = None  # complete, verified, awaiting the core
         self.received_total = 0
 
     def on_chunk(self, msg: Message) -> None:
@@ -266,8 +273,6 @@ class SnapshotReceiver:
         same = (stream is not None and stream.leader == msg.frm and stream.term == msg.term
                 and _stream_id(stream.meta) == _stream_id(meta))
         if offset == 0 and not (same and stream.received == 0):
-            if same and stream.committing:
-                return
             self._drop()
             if meta.index <= self.committed():
                 # Already have it all: let the core say so (it answers with our commit
@@ -277,8 +282,6 @@ class SnapshotReceiver:
             stream = self._begin(msg.frm, msg.term, meta)
         elif not same:
             self._answer(msg.frm, meta, offset, reject=True)
-            return
-        if stream.committing:
             return
         if offset < stream.received:
             self._answer(msg.frm, meta, stream.received)  # a duplicate
@@ -305,9 +308,23 @@ class SnapshotReceiver:
         if msg.context:
             self._finish(stream, msg.context)
 
+    def publish(self, meta: SnapshotMetadata) -> None:
+        """The core is installing the snapshot at ``meta.index``: make it durable in the
+        snapshot store (fsync; may block). Raises KeyError if it was not received."""
+        pending, self.pending = self.pending, None
+        if pending is None or _stream_id(pending.meta) != _stream_id(meta):
+            if pending is not None:
+                pending.writer.abort()
+            raise KeyError(f"snapshot {meta.index} (term {meta.term}) was not received")
+        pending.writer.commit()
+        self.received_total += 1
+
     def stop(self) -> None:
-        """Abandon a snapshot being received."""
+        """Abandon a snapshot being received (or awaiting the core)."""
         self._drop()
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.writer.abort()
 
     # -- internals ----------------------------------------------------------------------
 
@@ -319,36 +336,26 @@ class SnapshotReceiver:
         return stream
 
     def _finish(self, stream: _InStream, expected: bytes) -> None:
+        self.stream = None
+        if stream.timer is not None and stream.timer.active():
+            stream.timer.cancel()
         if expected != stream.crc.to_bytes(4, "big"):
             log.error("snapshot {index} from {leader} fails its checksum (CRC32 {got:#010x}, "
                       "sent {sent}); dropping it", index=stream.meta.index,
                       leader=stream.leader, got=stream.crc, sent=expected.hex())
-            self._drop()
+            stream.writer.abort()
             self._answer(stream.leader, stream.meta, stream.received, reject=True)
             return
-        stream.committing = True
-        if stream.timer is not None and stream.timer.active():
-            stream.timer.cancel()
-        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                      stream.writer.commit)
-        d.addCallbacks(self._committed, self._commit_failed, callbackArgs=(stream,),
-                       errbackArgs=(stream,))
-
-    def _committed(self, _, stream: _InStream) -> None:
-        if self.stream is not stream:
-            return  # stopped meanwhile
-        self.stream = None
-        self.received_total += 1
-        log.info("snapshot {index} from {leader} received ({size} bytes)",
+        log.info("snapshot {index} from {leader} received ({size} bytes, checksum ok)",
                  index=stream.meta.index, leader=stream.leader, size=stream.received)
+        if self.pending is not None:
+            self.pending.writer.abort()
+        self.pending = stream
         self._hand_over(stream.leader, stream.term, stream.meta)
-
-    def _commit_failed(self, failure, stream: _InStream) -> None:
-        log.failure("storing snapshot {index} failed", failure, index=stream.meta.index)
-        if self.stream is stream:
-            self.stream = None
-        stream.writer.abort()
-        self._answer(stream.leader, stream.meta, stream.received, reject=True)
+        if self.pending is stream and not self.accepted(stream.meta.index):
+            # The core turned it down (its answer tells the leader where we are).
+            self.pending = None
+            stream.writer.abort()
 
     def _hand_over(self, leader: str, term: int, meta: SnapshotMetadata) -> None:
         self.deliver(Message(type=MsgType.MsgSnap, to=self.node_id, frm=leader, term=term,
@@ -369,7 +376,7 @@ class SnapshotReceiver:
 
     def _idle(self, stream: _InStream) -> None:
         stream.timer = None
-        if self.stream is stream and not stream.committing:
+        if self.stream is stream:
             log.warn("snapshot {index} from {leader}: nothing received for {idle:.0f}s; "
                      "dropping it", index=stream.meta.index, leader=stream.leader,
                      idle=receive_idle_s)
@@ -381,5 +388,4 @@ class SnapshotReceiver:
             return
         if stream.timer is not None and stream.timer.active():
             stream.timer.cancel()
-        if not stream.committing:
-            stream.writer.abort()
+        stream.writer.abort()

@@ -361,8 +361,9 @@ class Snapshotter:
     # -- installing (a follower receiving the leader's snapshot) -------------------------
 
     def install(self, meta: SnapshotMetadata) -> dict:
-        """Restore the machine from the received snapshot at ``meta.index`` (already
-        published in the store) and restart the log after it; return its node header."""
+        """Restore the machine from the received snapshot at ``meta.index`` (published in
+        the store by ``SnapshotReceiver.publish`` just before) and restart the log after
+        it; return its node header."""
         header, body = read_header(self.storage.snapshots.open(meta.index))
         self.machine.restore(body)
         self.machine.set_last_applied(meta.index)

@@ -144,3 +144,77 @@ def test_silence_times_out_and_the_snapshot_is_sent_again(tmp_path, small_chunks
         assert c.digest(lagger) == c.digest(leader)
     finally:
         c.close()
+
+
+class _Sink:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, msg):
+        self.sent.append(msg)
+
+
+def _receiver(accepted):
+    from test_node_support import FakeReactor
+
+    from kvraft.storage.memory import MemorySnapshotStore
+    store = MemorySnapshotStore()
+    delivered = []
+    receiver = snapshot_stream.SnapshotReceiver(
+        "n2", _Sink(), store, FakeReactor(), delivered.append, committed=lambda: 3,
+        term=lambda: 5, accepted=lambda index: accepted)
+    return receiver, store, delivered
+
+
+def _chunks(body, size):
+    import zlib
+
+    from kvraft.raft import Message, Snapshot, SnapshotMetadata
+    meta = SnapshotMetadata(index=10, term=5)
+    out = []
+    for offset in range(0, len(body), size):
+        piece = body[offset:offset + size]
+        last = offset + size >= len(body)
+        out.append(Message(type=MsgType.MsgSnapChunk, to="n2", frm="n1", term=5,
+                           index=offset, snapshot=Snapshot(metadata=meta, data=piece),
+                           context=zlib.crc32(body).to_bytes(4, "big") if last else b""))
+    return meta, out
+
+
+def test_a_received_snapshot_is_published_only_when_the_core_installs_it():
+    body = bytes(range(256)) * 10
+    receiver, store, delivered = _receiver(accepted=True)
+    meta, chunks = _chunks(body, 700)
+    for m in chunks:
+        receiver.on_chunk(m)
+    assert [m.type for m in delivered] == [MsgType.MsgSnap]
+    assert delivered[0].snapshot.data == b"" and delivered[0].term == 5
+    assert store.list() == [], "not published before the core installs it"
+    receiver.publish(meta)
+    assert [s.index for s in store.list()] == [10]
+    assert b"".join(store.open(10)) == body
+    answers = receiver.transport.sent
+    assert [a.index for a in answers[:-1]] == [700, 1400, 2100, 2560]
+    assert answers[-1].context == snapshot_stream.INSTALLED
+
+
+def test_a_snapshot_the_core_turns_down_is_thrown_away():
+    receiver, store, delivered = _receiver(accepted=False)
+    meta, chunks = _chunks(b"x" * 1000, 300)
+    for m in chunks:
+        receiver.on_chunk(m)
+    assert delivered and receiver.pending is None
+    with pytest.raises(KeyError):
+        receiver.publish(meta)
+    assert store.list() == []
+
+
+def test_chunks_out_of_order_or_from_a_stale_term_are_refused():
+    receiver, store, delivered = _receiver(accepted=True)
+    _, chunks = _chunks(b"y" * 1000, 300)
+    receiver.on_chunk(chunks[0])
+    receiver.on_chunk(chunks[2])  # chunk 1 lost
+    assert receiver.transport.sent[-1].reject and receiver.stream is None
+    stale = dataclasses.replace(chunks[0], term=4)
+    receiver.on_chunk(stale)
+    assert receiver.transport.sent[-1].reject and not delivered
