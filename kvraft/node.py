@@ -277,6 +277,8 @@ class RaftNodeService(Service):
             if self._reads.commands:
                 self._flush_reads()
             self._drain()
+            if self._persisting:
+                self._send_early()
         except Exception:
             log.failure("unexpected error driving the raft core; stopping the node")
             self._halt()
@@ -396,27 +398,61 @@ class RaftNodeService(Service):
             rd = core.ready()
             if rd.soft_state is not None:
                 self._on_soft_state(rd.soft_state)
-            if rd.messages:
-                self._send_messages(rd.messages)
             # Entries at or below the durable index may be applied while this Ready's own
-            # entries are written; the rest wait for the write.
+            # entries are written; the rest wait for the write. Applied before sending, so
+            # the commit index the messages may announce is as high as it can be.
             early, late = self._split_durable(rd.committed_entries)
             self._apply(early)
+            if rd.messages:
+                self._send_messages(self._cap_commit(rd.messages))
             if rd.snapshot is not None and not rd.snapshot.is_empty():
                 self._install_snapshot(rd.snapshot)
             if rd.entries:
                 first = rd.entries[0].index
                 self._durable_index = min(self._durable_index, first - 1)
                 self.storage.log.append(rd.entries)
-            if rd.entries or rd.hard_state is not None or rd.must_sync:
+            if rd.entries or rd.must_sync:
                 self._persisting = True
                 d = threads.deferToThreadPool(
                     self.reactor, self.reactor.getThreadPool(),
-                    self._persist, rd.hard_state, bool(rd.entries) or rd.must_sync)
+                    self._persist, rd.hard_state, True)
                 d.addCallback(self._persisted, rd, late)
                 d.addErrback(self._storage_failed)
                 return
+            if rd.hard_state is not None:
+                # Only the commit index moved (a new term or vote sets must_sync): the
+                # stores keep it in memory until the next sync, so no thread hop.
+                self.storage.stable.save_hard_state(rd.hard_state)
             self._finish(rd, late)
+
+    def _send_early(self) -> None:
+        """While a write is in flight: send what promises nothing durable (heartbeats
+        and their answers, new MsgApps, ReadIndex traffic) and serve confirmed reads,
+        instead of holding them behind the fsync (kvraft.raft: take_messages)."""
+        core = self.core
+        messages = core.take_messages()
+        if messages:
+            self._send_messages(self._cap_commit(messages))
+        read_states = core.take_read_states()
+        if read_states:
+            for read_state in read_states:
+                self._on_read_state(read_state.index, read_state.request_ctx)
+            self._serve_reads()
+
+    def _cap_commit(self, messages: list) -> list:
+        """Announce to followers no commit index beyond what this node has applied.
+
+        A quorum may commit entries the leader is still writing, and the leader applies
+        them only once its own write is durable; a follower told of the commit at once
+        could apply (and answer a READONLY read or an admin command) ahead of the
+        leader. A lower commit index in a MsgApp or heartbeat is always safe: the next
+        one carries the rest."""
+        applied = self.machine.last_applied
+        for m in messages:
+            if m.commit > applied and (m.type is MsgType.MsgApp
+                                       or m.type is MsgType.MsgHeartbeat):
+                m.commit = applied
+        return messages
 
     def _send_messages(self, messages: list) -> None:
         """Send a Ready's messages; a MsgSnap becomes a chunk stream (SnapshotSender)."""
