@@ -54,6 +54,19 @@ class RaftConfig:
     a configuration (``initial_state()`` returns a non-empty ConfState) uses that one. A
     node joining a running cluster lists the cluster's current voters (not itself): it
     learns of its own addition by applying the ConfChange entry, or from a snapshot.
+
+    ``read_only_option`` picks how a leader confirms a read (thesis 6.4): ``"safe"``
+    (ReadIndex: a heartbeat round per batch of reads) or ``"lease"`` (no round while
+    the leader holds a lease; see ``kvraft.raft.read_only``). A lease is time-based, so
+    it rests on a CLOCK ASSUMPTION: every node's ticks advance at the same rate, within
+    ``lease_margin_ticks`` per election timeout. The driver must tick in proportion to
+    real time, catching up on ticks missed during a pause (GC, SIGSTOP, a blocked
+    reactor) before it steps anything received after the pause. ``lease_margin_ticks``
+    (default ``max(1, election_ticks // 10)``) shortens the lease to
+    ``lease_ticks() = election_ticks - 1 - lease_margin_ticks`` ticks after the send
+    tick of the newest heartbeat a quorum acknowledged (the ``- 1`` is tick
+    granularity); a leader whose ticks run slower than a follower's by more than a
+    factor ``(election_ticks - 1) / lease_ticks()`` may serve a stale read.
     """
 
     id: NodeId
@@ -72,6 +85,7 @@ class RaftConfig:
     applied: int = 0
     disable_proposal_forwarding: bool = False
     read_only_option: str = READ_ONLY_SAFE
+    lease_margin_ticks: int | None = None
 
     def __post_init__(self) -> None:
         self.voters = tuple(self.voters)
@@ -114,8 +128,38 @@ class RaftConfig:
         if self.read_only_option == READ_ONLY_LEASE and not self.check_quorum:
             raise ValueError("read_only_option='lease' needs check_quorum=True, else a "
                              "deposed leader may serve stale reads")
+        if self.lease_margin_ticks is not None and (
+                not isinstance(self.lease_margin_ticks, int) or self.lease_margin_ticks < 0):
+            raise ValueError(
+                f"RaftConfig.lease_margin_ticks must be an int >= 0 (got "
+                f"{self.lease_margin_ticks!r}); leave it None for "
+                f"max(1, election_ticks // 10)")
+        if self.read_only_option == READ_ONLY_LEASE and self.lease_ticks() <= self.heartbeat_ticks:
+            raise ValueError(
+                f"read_only_option='lease' with election_ticks={self.election_ticks} and "
+                f"lease_margin_ticks={self.lease_margin()} leaves a lease of "
+                f"{self.lease_ticks()} ticks, not longer than heartbeat_ticks="
+                f"{self.heartbeat_ticks}: it would lapse between heartbeats; raise "
+                f"election_ticks or lower lease_margin_ticks")
         if self.rng is not None and not callable(getattr(self.rng, "randrange", None)):
             raise ValueError("RaftConfig.rng must have a randrange(a, b) method")
+
+    def lease_margin(self) -> int:
+        """``lease_margin_ticks``, or its default ``max(1, election_ticks // 10)``."""
+        if self.lease_margin_ticks is not None:
+            return self.lease_margin_ticks
+        return max(1, self.election_ticks // 10)
+
+    def lease_ticks(self) -> int:
+        """How many ticks after sending a heartbeat that a quorum acknowledged a leader
+        may serve lease reads: ``election_ticks - 1 - lease_margin()``.
+
+        A follower that got the heartbeat grants no vote for ``election_ticks`` of its
+        own ticks, i.e. for at least ``election_ticks - 1`` tick periods of real time
+        (its first tick may come right after the heartbeat); the leader, counting whole
+        ticks since the send, may be one tick behind real time, hence the ``- 1``.
+        """
+        return self.election_ticks - 1 - self.lease_margin()
 
     def make_rng(self) -> RandomSource:
         """The configured random source, or a SplitMix64 seeded with ``seed``."""

@@ -9,7 +9,7 @@ The leader's handlers live in ``leader.py`` and the follower's and candidate's i
 from __future__ import annotations
 
 from kvraft.raft.confchange import apply_conf_change, encode_conf_change
-from kvraft.raft.config import RaftConfig
+from kvraft.raft.config import READ_ONLY_LEASE, RaftConfig
 from kvraft.raft.follower import CAMPAIGN_ELECTION, CAMPAIGN_TRANSFER, FollowerMixin
 from kvraft.raft.leader import LeaderMixin
 from kvraft.raft.log import RaftLog
@@ -41,6 +41,7 @@ AFTER_PERSIST_TYPES = frozenset({MsgType.MsgAppResp, MsgType.MsgVoteResp,
                                  MsgType.MsgPreVoteResp})
 """Messages that speak for durable state: they wait for ``Ready.messages_after_persist``."""
 
+_FROM_LEADER = frozenset({MsgType.MsgApp, MsgType.MsgHeartbeat, MsgType.MsgSnap})
 _DRIVER_FORBIDDEN = frozenset({MsgType.MsgHup, MsgType.MsgBeat, MsgType.MsgCheckQuorum})
 _VOTE_RESPONSE = {MsgType.MsgVote: MsgType.MsgVoteResp,
                   MsgType.MsgPreVote: MsgType.MsgPreVoteResp}
@@ -77,6 +78,12 @@ class RaftCore(FollowerMixin, LeaderMixin):
         self.heartbeat_elapsed = 0  # leader: ticks since the last heartbeat
         self.randomized_election_timeout = config.election_ticks
         self.read_only = ReadOnly(self.id)
+        self.ticks = 0  # tick() calls since construction: the lease clock
+        # Lease mode: the tick of the last message from a leader (start counts as one,
+        # since a restarted node forgot whom it heard from); no vote for
+        # ``election_ticks`` ticks after it (read_only.py says why).
+        self._lease_mode = config.read_only_option == READ_ONLY_LEASE
+        self._heard_leader_tick = 0
 
         self._msgs: list[Message] = []
         self._msgs_after_persist: list[Message] = []
@@ -122,7 +129,13 @@ class RaftCore(FollowerMixin, LeaderMixin):
     # -- public API: inputs -------------------------------------------------------------
 
     def tick(self) -> None:
-        """Advance logical time by one tick (elections, heartbeats, check-quorum)."""
+        """Advance logical time by one tick (elections, heartbeats, check-quorum).
+
+        With ``read_only_option="lease"``, ticks are also the lease clock: call this at
+        the same rate on every node, and catch up on ticks missed during a pause before
+        stepping what arrived after it (the clock assumption on RaftConfig).
+        """
+        self.ticks += 1
         self._tick_role()
 
     def step(self, m: Message) -> None:
@@ -144,6 +157,9 @@ class RaftCore(FollowerMixin, LeaderMixin):
             self._step(m)
         except ProposalDropped:
             pass
+        if (self._lease_mode and m.type in _FROM_LEADER and m.term == self.term
+                and self.lead == m.frm):
+            self._heard_leader_tick = self.ticks
 
     def propose(self, data: bytes) -> None:
         """Propose one entry; raises ProposalDropped (with ``reason``) if not accepted.
@@ -182,7 +198,15 @@ class RaftCore(FollowerMixin, LeaderMixin):
         self._step(Message(type=MsgType.MsgTransferLeader, frm=to))
 
     def campaign(self) -> None:
-        """Start an election now (pre-vote first when enabled)."""
+        """Start an election now (pre-vote first when enabled).
+
+        With ``read_only_option="lease"`` this does nothing within ``election_ticks``
+        ticks of this node's start or of its last message from a leader: voting for
+        itself then could depose a leader that still serves reads from its lease. (Use
+        ``transfer_leadership`` at the leader to move leadership at once.)
+        """
+        if self._vote_promised():
+            return
         self._step(Message(type=MsgType.MsgHup, frm=self.id))
 
     def report_unreachable(self, node: str) -> None:
@@ -338,6 +362,8 @@ class RaftCore(FollowerMixin, LeaderMixin):
             ensure(self.lead_transferee == NONE, "only a leader transfers leadership")
             return
         ensure(self.id in self.tracker.progress, "the leader tracks its own progress")
+        ensure(all(t <= self.ticks for t in self.read_only.acked_send_ticks.values()),
+               "no heartbeat was acknowledged before it was sent")
         for node, pr in self.tracker.progress.items():
             ensure(0 <= pr.match < pr.next <= last + 1,
                    f"{node}: 0 <= match {pr.match} < next {pr.next} <= last+1 {last + 1}")
@@ -371,7 +397,7 @@ class RaftCore(FollowerMixin, LeaderMixin):
         if t in (MsgType.MsgVote, MsgType.MsgPreVote):
             in_lease = (self.config.check_quorum and self.lead != NONE
                         and self.election_elapsed < self.config.election_ticks)
-            if in_lease and m.context != TRANSFER_CONTEXT:
+            if (in_lease or self._vote_promised()) and m.context != TRANSFER_CONTEXT:
                 # Leader stickiness (thesis 4.2.3): we heard from a live leader within
                 # the election timeout, so this candidate is probably partitioned.
                 return False
@@ -395,10 +421,20 @@ class RaftCore(FollowerMixin, LeaderMixin):
             self._send(Message(type=MsgType.MsgPreVoteResp, to=m.frm, term=self.term,
                                reject=True))
 
+    def _vote_promised(self) -> bool:
+        """Lease mode: this node promised no vote yet (it started, or heard from a
+        leader, less than ``election_ticks`` ticks ago); a leader's lease relies on it.
+        Unlike plain stickiness, it survives a term change without a leader."""
+        return (self._lease_mode
+                and self.ticks - self._heard_leader_tick < self.config.election_ticks)
+
     def _handle_vote_request(self, m: Message) -> None:
         can_vote = (self.vote == m.frm
                     or (self.vote == NONE and self.lead == NONE)
                     or (m.type == MsgType.MsgPreVote and m.term > self.term))
+        if (can_vote and m.type == MsgType.MsgVote and self.vote != m.frm
+                and m.context != TRANSFER_CONTEXT and self._vote_promised()):
+            can_vote = False
         resp = _VOTE_RESPONSE[m.type]
         if can_vote and self.log.is_up_to_date(m.index, m.log_term):
             # Granted pre-votes answer in the candidate's future term so it does not

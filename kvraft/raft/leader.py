@@ -7,13 +7,14 @@ A mixin so that ``core.py`` stays readable; it uses RaftCore's fields (``log``,
 from __future__ import annotations
 
 from kvraft.raft.confchange import KIND_LEAVE_JOINT, conf_change_kind, decode_conf_change
-from kvraft.raft.config import READ_ONLY_SAFE
+from kvraft.raft.config import READ_ONLY_LEASE
 from kvraft.raft.errors import (
     CompactedError,
     ConfChangeError,
     SnapshotTemporarilyUnavailableError,
 )
 from kvraft.raft.progress import Progress, ProgressState
+from kvraft.raft.read_only import lease_context, split_lease_context
 from kvraft.raft.types import (
     NONE,
     Entry,
@@ -264,6 +265,9 @@ class LeaderMixin:
     def _bcast_heartbeat(self, ctx: bytes | None = None) -> None:
         if ctx is None:
             ctx = self.read_only.last_ctx()
+        if self.config.read_only_option == READ_ONLY_LEASE:
+            # The send tick: its echo is what renews the lease (read_only.py).
+            ctx = lease_context(self.ticks, ctx)
         committed = self.log.committed
         for node, pr in self.tracker.progress.items():
             if node != self.id:
@@ -276,9 +280,14 @@ class LeaderMixin:
         pr.msg_app_flow_paused = False  # a paused probe resumes on a heartbeat answer
         if pr.match < self.log.last_index() or pr.state == ProgressState.Probe:
             self._maybe_send_append(m.frm, True)
-        if self.config.read_only_option != READ_ONLY_SAFE or not m.context:
+        ctx = m.context
+        if self.config.read_only_option == READ_ONLY_LEASE:
+            send_tick, ctx = split_lease_context(ctx)
+            if send_tick is not None:
+                self.read_only.record_lease_ack(m.frm, send_tick)
+        if not ctx:
             return
-        done = self.read_only.recv_ack(m.frm, m.context)
+        done = self.read_only.recv_ack(m.frm, ctx)
         if done is None or not self.tracker.has_quorum(done.acks):
             return
         for finished in self.read_only.advance(done):
@@ -286,23 +295,36 @@ class LeaderMixin:
                 self._answer_read(asker, finished.index, request_ctx)
 
     def _handle_read_index(self, m: Message) -> None:
-        if self.tracker.is_singleton():
-            self._answer_read(m.frm, self.log.committed, m.context)
-            return
         if not self._committed_entry_in_current_term():
             # Thesis 6.4: until an entry of its term commits, the leader does not know
-            # the latest commit index; hold the read.
+            # the latest commit index (even alone: its commit index is persisted lazily,
+            # so after a restart it may lag what was committed); hold the read.
             self._pending_read_index.append(m)
             return
         self._send_read_index(m)
 
     def _send_read_index(self, m: Message) -> None:
-        if self.config.read_only_option != READ_ONLY_SAFE:
+        if self.tracker.is_singleton() or self._in_lease():
             self._answer_read(m.frm, self.log.committed, m.context)
             return
         new_round = self.read_only.add_request(self.log.committed, m.frm, m.context)
         if new_round is not None:
             self._bcast_heartbeat(new_round.ctx)
+
+    def _in_lease(self) -> bool:
+        """True if this leader may answer a read without a heartbeat round: lease mode,
+        an entry of its term committed, no MsgTimeoutNow sent this term, and a quorum
+        acknowledged a heartbeat sent less than ``lease_ticks()`` ticks ago (the clock
+        assumption on RaftConfig; the argument in read_only.py)."""
+        config = self.config
+        read_only = self.read_only
+        if config.read_only_option != READ_ONLY_LEASE or read_only.lease_revoked:
+            return False
+        if not self._committed_entry_in_current_term():
+            return False
+        tracker = self.tracker
+        since = read_only.lease_send_tick(tracker.voters, tracker.voters_outgoing, self.ticks)
+        return self.ticks - since < config.lease_ticks()
 
     def _answer_read(self, asker: NodeId, index: int, request_ctx: bytes) -> None:
         if asker in (self.id, NONE):
@@ -332,6 +354,9 @@ class LeaderMixin:
             self._maybe_send_append(transferee, True)
 
     def _send_timeout_now(self, to: NodeId) -> None:
+        # The transferee's election overrides the voters' stickiness, whenever the
+        # message arrives: the lease can no longer be trusted this term.
+        self.read_only.lease_revoked = True
         self._send(Message(type=MsgType.MsgTimeoutNow, to=to))
 
     def _abort_leader_transfer(self) -> None:

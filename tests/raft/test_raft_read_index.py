@@ -1,9 +1,9 @@
 """ReadIndex (Raft thesis 6.4): linearizable reads without writing to the log."""
 
 import pytest
-from raft_harness import Cluster, make_core
+from raft_harness import Cluster, make_core, storage_with
 
-from kvraft.raft import MsgType, ProposalDropped, ReadState
+from kvraft.raft import MsgType, ProposalDropped, ReadState, Role
 
 VOTERS = ("n1", "n2", "n3")
 
@@ -123,13 +123,45 @@ def test_read_index_6_4_single_node_answers_at_once():
     assert c.core("n1").ready().read_states == [ReadState(1, b"solo")]
 
 
-def test_read_index_6_4_lease_option_answers_without_a_round():
+def test_read_index_6_4_restarted_single_node_waits_for_its_noop():
+    # Entries 2 and 3 were committed before the crash, but the commit index is persisted
+    # lazily: the saved one says 1. Answering at once would serve a read at index 1.
+    storage = storage_with([(1, 1), (2, 1), (3, 1)], term=1, vote="n1", commit=1)
+    core = make_core("n1", ["n1"], storage)
+    core.campaign()
+    rd = core.ready()
+    storage.set_hard_state(rd.hard_state)
+    core.advance(rd)  # our own vote is durable: leader, no-op 4 appended, commit still 1
+    assert core.role == Role.Leader and core.log.committed == 1
+    core.read_index(b"after-restart")
+    answers = []
+    while core.has_ready():
+        rd = core.ready()
+        answers.extend(rd.read_states)
+        storage.append(rd.entries)
+        if rd.hard_state is not None:
+            storage.set_hard_state(rd.hard_state)
+        core.advance(rd)
+    assert answers == [ReadState(4, b"after-restart")]
+
+
+def test_read_index_6_4_lease_option_answers_without_a_round_inside_the_lease():
     c = Cluster(VOTERS, read_only_option="lease")
+    for _ in range(c.core("n1").config.election_ticks):  # the boot vote promise
+        for node in VOTERS:
+            c.tick(node)
     c.elect("n1")
     leader = c.core("n1")
-    leader.read_index(b"l")
+    leader.read_index(b"before-any-ack")  # no heartbeat answered yet: a round
     rd = leader.ready()
-    assert rd.read_states == [ReadState(1, b"l")] and not heartbeats(rd.messages)
+    assert rd.read_states == [] and len(heartbeats(rd.messages)) == 2
+    c.inflight.extend(rd.messages)
+    leader.advance(rd)
+    c.stabilize()
+    assert c.read_states["n1"] == [ReadState(1, b"before-any-ack")]
+    leader.read_index(b"inside")  # the round's answers started a lease
+    rd = leader.ready()
+    assert rd.read_states == [ReadState(1, b"inside")] and not heartbeats(rd.messages)
 
 
 def test_read_index_6_4_no_leader_refuses():
