@@ -11,7 +11,7 @@ import pytest
 
 from kvraft.raft.types import Entry
 from kvraft.storage.wal import open_storage
-from kvraft.testing.chaos import checks, client, nemesis, plot, workload
+from kvraft.testing.chaos import checks, cli, client, nemesis, plot, workload
 from kvraft.testing.chaos.client import ErrorReply, classify, read_reply
 from kvraft.testing.chaos.harness import format_summary, profile
 
@@ -296,3 +296,10 @@ def test_profiles_and_summary_text():
     }
     text = format_summary(summary)
     assert "verdict: PASS" in text and "[ok] set: fine" in text and "kill-leader x1" in text
+
+
+def test_cli_refuses_bad_arguments(capsys):
+    assert cli.main(["--nemesis", "bogus"]) == 2
+    assert "unknown nemesis bogus" in capsys.readouterr().err
+    assert cli.main(["--nodes", "2", "--out", "/nonexistent/never-created"]) == 2
+    assert "at least 3" in capsys.readouterr().err

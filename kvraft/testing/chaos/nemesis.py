@@ -13,8 +13,9 @@ partition-bridge    two halves that only one node (the bridge) can talk to
 partition-one-way   the leader's outgoing links blocked, or its incoming ones
 slow-links          every link delayed (tens to hundreds of ms, with jitter)
 torn-wal            SIGKILL a node under load, tear its last WAL write, restart at heal
-membership          RAFT.REMOVE a member (the leader one time in three), wipe it; at heal
-                    it rejoins empty as a learner and is promoted (``membership.py``)
+membership          RAFT.REMOVE a member (the leader one time in three; later rounds the
+                    same node again), wipe it; at heal it rejoins empty as a learner and
+                    is promoted to voter (``membership.py``)
 ==================  ===================================================================
 
 Partitions block peer links in the proxy (``kvraft.testing.chaos.proxy``), in ``hold``
@@ -241,8 +242,14 @@ class Nemesis:
         from kvraft.testing.chaos.membership import MembershipChange
         leader, is_leader = self.leader_or_random()
         followers = [n for n in self.nodes if n != leader]
-        node = leader if is_leader and self.rng.random() < 1 / 3 else \
-            self.rng.choice(followers)
+        if self.shared_inbound:
+            # Cycle the node that already rejoined once: every other node keeps exact
+            # per-link partitions (see membership.py).
+            node = self.rng.choice(sorted(self.shared_inbound))
+        elif is_leader and self.rng.random() < 1 / 3:
+            node = leader
+        else:
+            node = self.rng.choice(followers)
         round_ = MembershipChange(self.cluster, node, self.inbound[node], self.log)
         what = round_.remove()
         if round_.removed:
