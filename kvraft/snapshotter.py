@@ -241,9 +241,15 @@ class Snapshotter:
     # -- taking snapshots ----------------------------------------------------------------
 
     def after_apply(self, entries: list) -> None:
-        """Account for applied entries; start a snapshot when a threshold is passed."""
+        """Account for applied entries (the node calls this between entries, with no
+        log write in flight); compact if due; start a snapshot past a threshold."""
         self.applied_bytes += sum(len(e.data) for e in entries)
-        if self._taking is not None or self._stopped:
+        if self._stopped:
+            return
+        if self._compact_to > self.storage.log.first_index() - 1:
+            # Called between log writes: the moment a busy node has for compaction.
+            self.maybe_compact()
+        if self._taking is not None:
             return
         base = self.meta.index if self.meta is not None else 0
         if (self.machine.last_applied - base >= self.entries_max
@@ -320,8 +326,9 @@ class Snapshotter:
         if writer is not None:
             writer.abort()
         self._retry_at = self.reactor.seconds() + retry_delay_s
-        log.failure("taking a snapshot failed; retrying in {delay:.0f}s", failure,
-                    delay=retry_delay_s)
+        if not self._stopped:
+            log.failure("taking a snapshot failed; retrying in {delay:.0f}s", failure,
+                        delay=retry_delay_s)
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.errback(failure)

@@ -20,8 +20,9 @@ from kvraft.devcluster import _read_reply
 
 DEV_NODES = ["127.0.0.1:6479", "127.0.0.1:6480", "127.0.0.1:6481"]
 timeout_s_default = 30.0
-leader_attempts_max = 5
-"""Times a command follows NOTLEADER (or waits for an election) before giving up."""
+leader_attempts_max = 8
+"""Times a command follows NOTLEADER, waits for an election or for the previous change
+to finish, before giving up (about 15 s in all)."""
 
 
 class AdminError(Exception):
@@ -96,6 +97,7 @@ class Admin:
 
     def on_leader(self, *args: str):
         """Run a command on the leader, following NOTLEADER answers and elections."""
+        reply = None
         for attempt in range(leader_attempts_max):
             try:
                 leader = self.find_leader()
@@ -106,10 +108,14 @@ class Admin:
                 continue
             reply = self.command(leader, *args)
             if isinstance(reply, Exception) and str(reply).startswith(
-                    ("NOTLEADER", "CLUSTERDOWN")):
-                time.sleep(0.5)
+                    ("NOTLEADER", "CLUSTERDOWN", "ERR a membership change is in progress")):
+                # A new leader, or the previous change finishing (C_new follows C_old,new
+                # within a heartbeat or two): try again shortly.
+                time.sleep(0.5 * (attempt + 1))
                 continue
             return reply
+        if reply is not None:
+            return reply  # the last refusal, for the caller to report
         raise AdminError(f"{args[0]}: the leader kept changing; retry")
 
 
