@@ -197,9 +197,14 @@ class Membership:
                      outgoing=(" (joint with " + ",".join(cs.voters_outgoing) + ")"
                                if cs.is_joint() else ""),
                      learners=",".join(cs.learners) or "-")
-            if self.node_id in before.members() and self.node_id not in cs.members():
-                log.warn("this node ({node}) was removed from the cluster; it no longer "
-                         "takes part and may be stopped", node=self.node_id)
+            me = self.node_id
+            if me in before.members() and (me not in cs.members() or (
+                    me not in cs.voters and me not in cs.learners and cs.is_joint())):
+                # While C_old,new is in effect a removed voter still votes; the new
+                # leader stops talking to it once C_new applies, so this is the last
+                # configuration change it may ever see.
+                log.warn("this node ({node}) is being removed from the cluster; once the "
+                         "change completes it takes no part and may be stopped", node=me)
         self._resolve_changes(index, data, cs, error)
         if not cs.is_joint():
             self._handoff_deadline = None

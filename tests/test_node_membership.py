@@ -2,7 +2,9 @@
 consensus for voter changes, removing the leader, transfer, the preferred leader, and
 the RAFT.* admin commands."""
 
+import pytest
 from test_node_support import NodeCluster
+from twisted.python.usage import UsageError
 
 from kvraft.membership import CHANGE_PENDING
 from kvraft.raft import MsgType, Role
@@ -205,3 +207,45 @@ def test_transfer_from_any_node_and_the_preferred_leader_comes_back(tmp_path):
         assert first in c.nodes
     finally:
         c.close()
+
+
+def test_a_joint_change_survives_a_full_restart(tmp_path):
+    """C_old,new is in the log (and maybe a snapshot); after every node restarts, the
+    configuration is rebuilt from the snapshot plus the log, and the new leader
+    completes the change."""
+    c = NodeCluster(tmp_path, raft=RAFT)
+    try:
+        leader = c.wait_leader()
+        add_learner(c, leader)
+        c.run(1.0)
+        c.nodes[leader].admin([b"RAFT.PROMOTE", b"n4"])
+        # Stop everyone the moment C_old,new is applied everywhere, before C_new.
+        c.net.filter = lambda m: None if m.type in (MsgType.MsgApp, MsgType.MsgHeartbeat) \
+            and all(n.core.tracker.is_joint() for n in c.nodes.values()) else m
+        c.run_until(lambda: all(n.core.tracker.is_joint() for n in c.nodes.values()),
+                    what="C_old,new everywhere")
+        for node_id in list(c.nodes):
+            c.stop(node_id)
+        c.net.filter = None
+        for node_id in ("n1", "n2", "n3", "n4"):
+            c.start(node_id)
+        c.wait_leader()
+        c.run_until(lambda: all(not n.core.tracker.is_joint()
+                                and n.core.tracker.voters == frozenset({"n1", "n2", "n3", "n4"})
+                                for n in c.nodes.values()), what="C_new after the restart")
+    finally:
+        c.close()
+
+
+def test_twistd_join_flag_sets_cluster_join(tmp_path):
+    from kvraft.tap import Options
+    path = tmp_path / "n4.toml"
+    path.write_text('[node]\nid = "n4"\ndata_dir = "d"\n'
+                    '[cluster]\nmembers = { n1 = "127.0.0.1:7001" }\n'
+                    '[peer]\nlisten = "127.0.0.1:7004"\n'
+                    '[tls]\nca = "ca.pem"\ncert = "n4.pem"\nkey = "n4-key.pem"\n')
+    options = Options()
+    options.parseOptions(["--config", str(path), "--join"])
+    assert options["loaded"].join is True
+    with pytest.raises(UsageError, match="not listed"):
+        Options().parseOptions(["--config", str(path)])
