@@ -303,3 +303,42 @@ def test_cli_refuses_bad_arguments(capsys):
     assert "unknown nemesis bogus" in capsys.readouterr().err
     assert cli.main(["--nodes", "2", "--out", "/nonexistent/never-created"]) == 2
     assert "at least 3" in capsys.readouterr().err
+
+
+class FakeCluster:
+    def __init__(self, leaders):
+        self.leaders = list(leaders)
+
+    def leader(self):
+        return self.leaders.pop(0) if len(self.leaders) > 1 else self.leaders[0]
+
+
+def test_membership_change_retries_until_in_effect(monkeypatch):
+    from kvraft.testing.chaos import membership
+    replies = [ErrorReply("NOTLEADER n2 membership changes run on the leader"),
+               ErrorReply("ERR a membership change is in progress; retry"),
+               ErrorReply("lost TimeoutError: timed out")]
+    # Looked at before and after each attempt; in effect after the third.
+    views = [{"n1": "voter", "n2": "voter", "n3": "voter"}] * 5 + [{"n1": "voter"}]
+    sent = []
+
+    def admin(cluster, node, args, timeout_s=0):
+        sent.append((node, args[0]))
+        return replies.pop(0)
+
+    monkeypatch.setattr(membership, "admin", admin)
+    monkeypatch.setattr(membership, "members", lambda cluster, node: views.pop(0))
+    ok, how = membership.change(FakeCluster([None, "n1", "n2"]), [b"RAFT.REMOVE", "n3"],
+                                lambda m: "n3" not in m, sleep=lambda s: None)
+    assert ok and "TimeoutError" in how
+    assert [node for node, _ in sent] == ["n1", "n2", "n2"]
+
+
+def test_membership_change_gives_up_on_a_refusal(monkeypatch):
+    from kvraft.testing.chaos import membership
+    monkeypatch.setattr(membership, "admin",
+                        lambda *a, **k: ErrorReply("ERR n9 is not a member"))
+    monkeypatch.setattr(membership, "members", lambda cluster, node: {"n1": "voter"})
+    ok, how = membership.change(FakeCluster(["n1"]), [b"RAFT.REMOVE", "n9"],
+                                lambda m: False, sleep=lambda s: None)
+    assert not ok and "not a member" in how
