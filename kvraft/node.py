@@ -82,13 +82,14 @@ class CoreStorage:
 class _Batch:
     """Client requests that travel together (one proposal, or one ReadIndex round)."""
 
-    __slots__ = ("commands", "deferreds", "timer", "key")
+    __slots__ = ("commands", "deferreds", "timer", "key", "started_s")
 
     def __init__(self):
         self.commands: list = []
         self.deferreds: list[defer.Deferred] = []
         self.timer = None
         self.key: Any = None
+        self.started_s = 0.0  # perf_counter() when proposed / sent to ReadIndex (metrics)
 
 
 def _fail_all(deferreds: list[defer.Deferred], error: Exception) -> None:
@@ -349,7 +350,7 @@ class RaftNodeService(Service):
         try:
             self.core.propose(data)
         except ProposalDropped as e:
-            self.metrics.proposal_dropped(e.reason)
+            self.metrics.proposal_dropped(e.reason, len(batch.deferreds))
             self._pending_writes -= len(batch.deferreds)
             error = NoLeaderError(str(e)) if e.reason in ("no-leader", "transferring") \
                 else OverloadedError(str(e))
@@ -357,12 +358,13 @@ class RaftNodeService(Service):
             return
         self._proposed[seq] = batch
         self.metrics.proposed(len(batch.commands))
+        batch.started_s = perf_counter()
         batch.timer = self.reactor.callLater(self.request_timeout_s, self._write_timeout, seq)
 
     def _write_timeout(self, seq: int) -> None:
         batch = self._proposed.pop(seq, None)
         if batch is not None:
-            self.metrics.proposal_failed("timeout")
+            self.metrics.proposal_failed("timeout", len(batch.deferreds))
             self._pending_writes -= len(batch.deferreds)
             _fail_all(batch.deferreds, OutcomeUnknownError(
                 "the write was not applied in time (a leader change or partition?); it may "
@@ -372,6 +374,7 @@ class RaftNodeService(Service):
         batch, self._reads = self._reads, _Batch()
         status_leader = self.core.status().get("leader_id")
         if not status_leader:
+            self.metrics.reads_failed("no-leader", len(batch.deferreds))
             self._pending_reads -= len(batch.deferreds)
             _fail_all(batch.deferreds, NoLeaderError(
                 "no leader: the cluster is electing one; retry shortly"))
@@ -379,12 +382,14 @@ class RaftNodeService(Service):
         ctx = self._next_seq().to_bytes(8, "big")
         batch.key = ctx
         self._reading[ctx] = batch
+        batch.started_s = perf_counter()
         self.core.read_index(ctx)
         batch.timer = self.reactor.callLater(self.request_timeout_s, self._read_timeout, batch)
 
     def _read_timeout(self, batch: _Batch) -> None:
         # The batch may still sit in the apply heap; emptied, it is served as a no-op there.
         self._reading.pop(batch.key, None)
+        self.metrics.reads_failed("timeout", len(batch.deferreds))
         self._pending_reads -= len(batch.deferreds)
         _fail_all(batch.deferreds, OutcomeUnknownError(
             "the read could not be confirmed by a quorum in time; retry"))
@@ -592,7 +597,7 @@ class RaftNodeService(Service):
         if batch.timer is not None and batch.timer.active():
             batch.timer.cancel()
         self._pending_writes -= len(batch.deferreds)
-        self.metrics.proposal_committed()
+        self.metrics.proposal_committed(perf_counter() - batch.started_s)
         for d, outcome in zip(batch.deferreds, outcomes, strict=True):
             if not d.called:
                 d.callback(outcome)
@@ -612,6 +617,7 @@ class RaftNodeService(Service):
             if batch.timer is not None and batch.timer.active():
                 batch.timer.cancel()
             self._pending_reads -= len(batch.deferreds)
+            self.metrics.reads_answered(len(batch.deferreds), perf_counter() - batch.started_s)
             query = self.machine.query
             for d, command in zip(batch.deferreds, batch.commands, strict=True):
                 if not d.called:

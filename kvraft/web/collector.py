@@ -8,6 +8,7 @@ and the standard ``process_*`` / ``python_*`` ones; ``/metrics`` serves it.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -75,6 +76,7 @@ class NodeCollector:
         families: list[Metric | None] = []
         families += self._raft()
         families += self._node_metrics(getattr(self.node, "metrics", None))
+        families += self._snapshotter(getattr(self.node, "snapshotter", None))
         families += self._peers()
         families += self._clients()
         families += self._tls()
@@ -152,6 +154,10 @@ class NodeCollector:
                        "hard state), in the writer thread.", m.fsync_seconds),
             _histogram("kvraft_apply_seconds", "Applying one run of committed entries.",
                        m.apply_seconds),
+            _histogram("kvraft_write_seconds", "From proposing a batch of client writes to "
+                       "answering it.", m.write_seconds),
+            _histogram("kvraft_read_seconds", "From a ReadIndex request for a batch of "
+                       "linearizable reads to answering it.", m.read_seconds),
             CounterMetricFamily("kvraft_applied_entries_total",
                                 "Committed entries applied.", value=m.applied_entries),
             CounterMetricFamily("kvraft_leader_changes_total",
@@ -163,6 +169,24 @@ class NodeCollector:
                      m.snapshot_bytes_total, "kind"),
             _counter("kvraft_snapshot_failures_total", "Failed snapshots by kind.",
                      m.snapshot_failures, "kind"),
+        ]
+
+    @staticmethod
+    def _snapshotter(snap) -> list[Metric | None]:
+        """What the node's Snapshotter keeps (read, never changed)."""
+        if snap is None:
+            return []
+        meta = getattr(snap, "meta", None)
+        return [
+            CounterMetricFamily("kvraft_snapshots_taken_total", "Snapshots this process "
+                                "wrote.", value=getattr(snap, "taken", 0)),
+            _gauge("kvraft_snapshot_index", "Log index of the newest snapshot.",
+                   getattr(meta, "index", 0)),
+            _gauge("kvraft_snapshot_last_duration_seconds", "Time the last snapshot took.",
+                   getattr(snap, "last_duration_s", None)),
+            _gauge("kvraft_snapshot_lag_bytes", "Entry bytes applied since the newest "
+                   "snapshot (a new one starts at the configured threshold).",
+                   getattr(snap, "applied_bytes", None)),
         ]
 
     # -- peers ---------------------------------------------------------------------------------
@@ -256,19 +280,24 @@ class NodeCollector:
         commands = self.commands
         if commands is not None:
             by_name = CounterMetricFamily(
-                "kvraft_client_commands_total", "Commands that reached the node, by name and "
-                "result (ok, error, no_leader, timeout, overloaded, denied, internal).",
-                labels=["command", "result"])
-            for (name, result), value in sorted(commands.results.items()):
-                by_name.add_metric([name, result], value)
-            seconds = HistogramMetricFamily("kvraft_client_command_seconds",
-                                            "Time from a command reaching the node to its "
-                                            "answer, by route.", labels=["route"])
-            for route, histogram in sorted(commands.seconds.items()):
-                _add_histogram(seconds, [route], histogram)
-            families += [by_name, seconds,
+                "kvraft_client_commands_total", "Client commands handed to the node, by "
+                "name and route (read, write, admin).", labels=["command", "route"])
+            for route, counts in sorted(commands.by_route.items()):
+                for name, value in sorted(counts.items()):
+                    by_name.add_metric([name.decode("ascii", "replace").lower(), route], value)
+            families += [by_name,
                          _counter("kvraft_client_denied_total", "Commands the ACL refused, "
                                   "by command class.", commands.denied, "class")]
+        failures: Counter[tuple[str, str]] = Counter()
+        metrics = getattr(self.node, "metrics", None)
+        if metrics is not None:
+            failures.update(metrics.failures)
+        if commands is not None:
+            failures.update(commands.rejected)
+        families.append(_counter(
+            "kvraft_client_command_failures_total", "Client commands the node answered with "
+            "an error, by route and reason (no-leader, transferring, timeout, overloaded, "
+            "...).", failures, ("route", "reason")))
         return families
 
     def _tls(self) -> list[Metric | None]:

@@ -157,7 +157,8 @@ def test_metrics_of_a_real_node(acl_cluster):
         client.set(f"m{i}", "v")
     assert metric(acl_cluster, leader, "kvraft_commit_index") >= before + 1
     assert metric(acl_cluster, leader, "kvraft_client_commands_total", command="set",
-                  result="ok") >= 10
+                  route="write") >= 10
+    assert metric(acl_cluster, leader, "kvraft_write_seconds_count") >= 1
     assert metric(acl_cluster, leader, "kvraft_fsync_seconds_count") > 0
     assert metric(acl_cluster, leader, "kvraft_is_leader") == 1
     for peer in acl_cluster.nodes:
