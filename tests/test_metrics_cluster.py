@@ -393,6 +393,23 @@ def test_peer_progress_lag_and_message_counters(ops):
     assert ops.sample(leader, "kvraft_peer_lag_entries", peer=lagging) == 0
 
 
+def test_a_snapshot_moves_the_snapshotter_gauges(ops):
+    leader = ops.wait_leader()
+    for i in range(5):
+        ops.write(leader, b"SET", f"s{i}".encode(), b"v" * 100)
+        ops.run(0.1)
+    taken = ops.sample(leader, "kvraft_snapshots_taken_total")
+    assert ops.sample(leader, "kvraft_snapshot_lag_bytes") > 0
+    done: list = []
+    ops.nodes[leader].snapshotter.take().addBoth(done.append)
+    ops.run_until(lambda: done, 5.0)
+    assert ops.sample(leader, "kvraft_snapshots_taken_total") == taken + 1
+    assert ops.sample(leader, "kvraft_snapshot_index") == ops.sample(leader,
+                                                                     "kvraft_applied_index")
+    assert ops.sample(leader, "kvraft_snapshot_lag_bytes") == 0
+    assert ops.sample(leader, "kvraft_snapshot_last_duration_seconds") is not None
+
+
 def test_snapshot_hooks_fill_their_families(ops):
     metrics = ops.nodes["n1"].metrics
     metrics.snapshot("create", 4096, 0.3)

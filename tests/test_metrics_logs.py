@@ -103,3 +103,13 @@ def test_a_broken_event_still_produces_a_line():
     observer = logs.NodeFileObserver(out, "text", context())
     observer({"log_format": "{missing", "log_level": LogLevel.info, "log_time": 0.0})
     assert out.getvalue().strip()
+
+
+def test_twistd_logger_option_gives_json_lines_on_stdout(capsys, monkeypatch):
+    monkeypatch.setattr(logs.CONTEXT, "node_id", "n9")
+    observer = logs.json_stdout_observer()
+    emit(observer, format="from --logger")
+    emit(observer, LogLevel.debug, format="filtered out")
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["message"] for line in lines] == ["from --logger"]
+    assert json.loads(lines[0])["node"] == "n9"
