@@ -79,7 +79,7 @@ class HealthResource(resource.Resource):
         }
         if not body["leader"]:
             return body, "no leader"
-        if self.tracker is not None:
+        if self.tracker is not None and self.tracker.running:
             stalled = self.tracker.apply_stalled_s()
             if stalled > apply_stall_s_max:
                 return body, (f"apply stalled for {stalled:.0f} s at index "

@@ -4,8 +4,8 @@ scrape time.
 Two halves:
 
 * ``NodeMetrics`` is what the node's code calls: plain integer counters and
-  ``Histogram``s (a list of bucket counts), no locks, no label lookups, so a hook costs
-  well under a microsecond. ``RaftNodeService.metrics`` holds one; the hooks are
+  ``Histogram``s (a list of bucket counts), no locks, no label lookups: a hook is an
+  integer increment or a bisect. ``RaftNodeService.metrics`` holds one; the hooks are
   ``proposed``, ``proposal_dropped``, ``proposal_failed``, ``proposal_committed``,
   ``reads_failed``, ``reads_answered``, ``fsync``, ``applied`` and, for the snapshot
   code, ``snapshot``. They are called once per *batch* (one Raft entry, one ReadIndex
