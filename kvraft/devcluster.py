@@ -63,8 +63,14 @@ def _toml_value(value) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
+                                for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def _toml_key(key: str) -> str:
+    bare = key and all(c.isalnum() or c in "-_" for c in key)
+    return key if bare else _toml_value(key)
 
 
 def write_toml(path: Path, doc: dict) -> None:
@@ -72,7 +78,7 @@ def write_toml(path: Path, doc: dict) -> None:
     lines = []
     for section, table in doc.items():
         lines.append(f"[{section}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+        lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items())
         lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
 
