@@ -480,12 +480,13 @@ class SimCluster(ClientServing):
         self.schedule(1, "snapstatus", leader, node.incarnation, follower, ok)
 
     def _apply(self, node: SimNode, rd: Ready) -> None:
-        commit = node.core.status()["commit_index"]
+        status = node.core.status()
+        commit, node_term = status["commit_index"], status["term"]
         for entry in rd.committed_entries:
             if entry.index <= node.applied:
                 continue  # covered by a snapshot restored in this Ready
             self.monitor.note_apply(node.id, entry.index, entry.term, entry.data,
-                                    node.applied, commit)
+                                    node.applied, commit, node_term)
             node.applied = entry.index
             if entry.type == EntryType.ConfChange:
                 node.kv.last_applied = entry.index  # membership is not simulated yet

@@ -50,6 +50,10 @@ class SafetyMonitor:
         self._entries: dict[tuple[int, int], tuple[bytes, int | None, str]] = {}
         # State machine safety: index -> (term, data, node) of the first application.
         self.applied: dict[int, tuple[int, bytes, str]] = {}
+        # The lowest term in which each applied index was known committed (the applier's
+        # term bounds the committing leader's term from above): leader completeness binds
+        # only leaders of LATER terms; a stale leader of an earlier term may lack it.
+        self.commit_terms: dict[int, int] = {}
         self._max_applied = 0
         self.commit_index = 0
         self.commit_term = 0
@@ -82,7 +86,7 @@ class SafetyMonitor:
         ``term`` is in its log ``log``."""
         for index in range(1, upto + 1):
             seen = self.applied.get(index)
-            if seen is None:
+            if seen is None or self.commit_terms.get(index, 0) >= term:
                 continue
             entry_term, _, first = seen
             if not log.covers(index, entry_term):
@@ -146,9 +150,12 @@ class SafetyMonitor:
     # -- state machine safety -----------------------------------------------------------
 
     def note_apply(self, node: str, index: int, term: int, data: bytes, last_applied: int,
-                   commit_index: int) -> None:
+                   commit_index: int, node_term: int = 0) -> None:
         """``node`` applies entry ``index`` after ``last_applied`` (this incarnation)
-        with its commit index at ``commit_index``."""
+        with its commit index at ``commit_index``, while in term ``node_term``."""
+        known = self.commit_terms.get(index)
+        if node_term and (known is None or node_term < known):
+            self.commit_terms[index] = node_term
         if index != last_applied + 1:
             raise InvariantViolation(
                 "applied index monotonic",
