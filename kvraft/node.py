@@ -80,22 +80,47 @@ class CoreStorage:
 
 
 class _Batch:
-    """Client requests that travel together (one proposal, or one ReadIndex round)."""
+    """Client requests that travel together (one proposal, or one ReadIndex round).
 
-    __slots__ = ("commands", "deferreds", "timer", "key", "started_s")
+    Request ``i`` is answered by ``dones[i](tokens[i], result)`` (see ``submit_write``).
+    """
+
+    __slots__ = ("commands", "dones", "tokens", "timer", "key", "started_s")
 
     def __init__(self):
         self.commands: list = []
-        self.deferreds: list[defer.Deferred] = []
+        self.dones: list[Callable[[Any, object], None]] = []
+        self.tokens: list = []
         self.timer = None
         self.key: Any = None
         self.started_s = 0.0  # perf_counter() when proposed / sent to ReadIndex (metrics)
 
+    def __len__(self) -> int:
+        return len(self.tokens)
 
-def _fail_all(deferreds: list[defer.Deferred], error: Exception) -> None:
-    for d in deferreds:
-        if not d.called:
-            d.errback(error)
+
+def _fire(d: defer.Deferred, result: object) -> None:
+    """The ``done`` of the Deferred-returning IClientBackend calls."""
+    if isinstance(result, Exception):
+        d.errback(result)
+    else:
+        d.callback(result)
+
+
+def _answer(done: Callable[[Any, object], None], token: Any, result: object) -> None:
+    try:
+        done(token, result)
+    except Exception:
+        # A client connection's bug must not stop the node (its Ready loop called us).
+        log.failure("answering a client request failed")
+
+
+def _fail_all(batch: _Batch, error: Exception) -> None:
+    """Answer every request of ``batch`` with ``error``, once: the batch is emptied."""
+    dones, tokens = batch.dones, batch.tokens
+    batch.dones, batch.tokens, batch.commands = [], [], []
+    for done, token in zip(dones, tokens, strict=True):
+        _answer(done, token, error)
 
 
 @implementer(IClientBackend)
@@ -199,11 +224,11 @@ class RaftNodeService(Service):
         self._scheduled = None
         error = OutcomeUnknownError("the node is shutting down; the outcome is unknown")
         for batch in list(self._proposed.values()):
-            _fail_all(batch.deferreds, error)
+            _fail_all(batch, error)
         for batch in list(self._reading.values()) + [b for _, _, b in self._reads_ready]:
-            _fail_all(batch.deferreds, NoLeaderError("the node is shutting down"))
-        _fail_all(self._writes.deferreds, NoLeaderError("the node is shutting down"))
-        _fail_all(self._reads.deferreds, NoLeaderError("the node is shutting down"))
+            _fail_all(batch, NoLeaderError("the node is shutting down"))
+        _fail_all(self._writes, NoLeaderError("the node is shutting down"))
+        _fail_all(self._reads, NoLeaderError("the node is shutting down"))
         super().stopService()
         done = defer.Deferred()
         self._when_idle.append(done)
@@ -287,30 +312,50 @@ class RaftNodeService(Service):
     # -- IClientBackend ------------------------------------------------------------------
 
     def write(self, command) -> defer.Deferred:
-        if self._pending_writes >= pending_writes_max:
-            return defer.fail(OverloadedError(
-                f"too many writes in flight ({pending_writes_max}); retry shortly"))
         d = defer.Deferred()
-        self._writes.commands.append(command)
-        self._writes.deferreds.append(d)
-        self._pending_writes += 1
-        if len(self._writes.commands) >= self.batch_commands_max:
-            self._flush_writes()
-        self._schedule()
+        self.submit_write(command, _fire, d)
         return d
 
     def read(self, command, linearizable: bool = True) -> defer.Deferred:
-        if not linearizable:
-            return defer.succeed(self.machine.query(command))
-        if self._pending_reads >= pending_reads_max:
-            return defer.fail(OverloadedError(
-                f"too many reads in flight ({pending_reads_max}); retry shortly"))
         d = defer.Deferred()
-        self._reads.commands.append(command)
-        self._reads.deferreds.append(d)
-        self._pending_reads += 1
-        self._schedule()
+        self.submit_read(command, linearizable, _fire, d)
         return d
+
+    def submit_write(self, command, done: Callable[[Any, object], None], token: Any) -> None:
+        """``write`` without a Deferred, for the client port's hot path: ``done(token,
+        result)`` is called exactly once, maybe before this returns, with the command's
+        result or a ``BackendError`` instance. ``done`` must not raise."""
+        if self._pending_writes >= pending_writes_max:
+            done(token, OverloadedError(
+                f"too many writes in flight ({pending_writes_max}); retry shortly"))
+            return
+        batch = self._writes
+        batch.commands.append(command)
+        batch.dones.append(done)
+        batch.tokens.append(token)
+        self._pending_writes += 1
+        if len(batch.commands) >= self.batch_commands_max:
+            self._flush_writes()
+        if self._scheduled is None:
+            self._schedule()
+
+    def submit_read(self, command, linearizable: bool, done: Callable[[Any, object], None],
+                    token: Any) -> None:
+        """``read`` without a Deferred; ``done`` as for ``submit_write``."""
+        if not linearizable:
+            done(token, self.machine.query(command))
+            return
+        if self._pending_reads >= pending_reads_max:
+            done(token, OverloadedError(
+                f"too many reads in flight ({pending_reads_max}); retry shortly"))
+            return
+        batch = self._reads
+        batch.commands.append(command)
+        batch.dones.append(done)
+        batch.tokens.append(token)
+        self._pending_reads += 1
+        if self._scheduled is None:
+            self._schedule()
 
     def admin(self, command) -> defer.Deferred:
         name = bytes(command[0]).upper() if command else b""
@@ -350,11 +395,11 @@ class RaftNodeService(Service):
         try:
             self.core.propose(data)
         except ProposalDropped as e:
-            self.metrics.proposal_dropped(e.reason, len(batch.deferreds))
-            self._pending_writes -= len(batch.deferreds)
+            self.metrics.proposal_dropped(e.reason, len(batch))
+            self._pending_writes -= len(batch)
             error = NoLeaderError(str(e)) if e.reason in ("no-leader", "transferring") \
                 else OverloadedError(str(e))
-            _fail_all(batch.deferreds, error)
+            _fail_all(batch, error)
             return
         self._proposed[seq] = batch
         self.metrics.proposed(len(batch.commands))
@@ -364,9 +409,9 @@ class RaftNodeService(Service):
     def _write_timeout(self, seq: int) -> None:
         batch = self._proposed.pop(seq, None)
         if batch is not None:
-            self.metrics.proposal_failed("timeout", len(batch.deferreds))
-            self._pending_writes -= len(batch.deferreds)
-            _fail_all(batch.deferreds, OutcomeUnknownError(
+            self.metrics.proposal_failed("timeout", len(batch))
+            self._pending_writes -= len(batch)
+            _fail_all(batch, OutcomeUnknownError(
                 "the write was not applied in time (a leader change or partition?); it may "
                 "or may not have taken effect: read the key before retrying"))
 
@@ -374,9 +419,9 @@ class RaftNodeService(Service):
         batch, self._reads = self._reads, _Batch()
         status_leader = self.core.status().get("leader_id")
         if not status_leader:
-            self.metrics.reads_failed("no-leader", len(batch.deferreds))
-            self._pending_reads -= len(batch.deferreds)
-            _fail_all(batch.deferreds, NoLeaderError(
+            self.metrics.reads_failed("no-leader", len(batch))
+            self._pending_reads -= len(batch)
+            _fail_all(batch, NoLeaderError(
                 "no leader: the cluster is electing one; retry shortly"))
             return
         ctx = self._next_seq().to_bytes(8, "big")
@@ -389,11 +434,10 @@ class RaftNodeService(Service):
     def _read_timeout(self, batch: _Batch) -> None:
         # The batch may still sit in the apply heap; emptied, it is served as a no-op there.
         self._reading.pop(batch.key, None)
-        self.metrics.reads_failed("timeout", len(batch.deferreds))
-        self._pending_reads -= len(batch.deferreds)
-        _fail_all(batch.deferreds, OutcomeUnknownError(
+        self.metrics.reads_failed("timeout", len(batch))
+        self._pending_reads -= len(batch)
+        _fail_all(batch, OutcomeUnknownError(
             "the read could not be confirmed by a quorum in time; retry"))
-        batch.deferreds, batch.commands = [], []
 
     # -- the Ready loop ------------------------------------------------------------------
 
@@ -592,15 +636,17 @@ class RaftNodeService(Service):
 
     def _resolve(self, seq: int, outcomes: list) -> None:
         batch = self._proposed.pop(seq, None)
-        if batch is None:
+        if batch is None or not batch.tokens:
             return  # timed out already: the client was told the outcome is unknown
         if batch.timer is not None and batch.timer.active():
             batch.timer.cancel()
-        self._pending_writes -= len(batch.deferreds)
+        self._pending_writes -= len(batch)
         self.metrics.proposal_committed(perf_counter() - batch.started_s)
-        for d, outcome in zip(batch.deferreds, outcomes, strict=True):
-            if not d.called:
-                d.callback(outcome)
+        for done, token, outcome in zip(batch.dones, batch.tokens, outcomes, strict=True):
+            try:
+                done(token, outcome)
+            except Exception:
+                log.failure("answering a client write failed")
 
     # -- linearizable reads ----------------------------------------------------------------
 
@@ -616,9 +662,14 @@ class RaftNodeService(Service):
             _, _, batch = heapq.heappop(heap)
             if batch.timer is not None and batch.timer.active():
                 batch.timer.cancel()
-            self._pending_reads -= len(batch.deferreds)
-            self.metrics.reads_answered(len(batch.deferreds), perf_counter() - batch.started_s)
+            if not batch.tokens:
+                continue  # timed out and answered already
+            self._pending_reads -= len(batch)
+            self.metrics.reads_answered(len(batch), perf_counter() - batch.started_s)
             query = self.machine.query
-            for d, command in zip(batch.deferreds, batch.commands, strict=True):
-                if not d.called:
-                    d.callback(query(command))
+            for done, token, command in zip(batch.dones, batch.tokens, batch.commands,
+                                            strict=True):
+                try:
+                    done(token, query(command))
+                except Exception:
+                    log.failure("answering a client read failed")

@@ -181,6 +181,11 @@ class ClientProtocol(Protocol):
         self._hung_up = False  # we called loseConnection
         self._identified = False
         self._idle_call = None
+        # A backend may offer submit_read/submit_write: answers without a Deferred per
+        # command (kvraft.node.RaftNodeService.submit_write).
+        backend = factory.backend
+        self._submit_read = getattr(backend, "submit_read", None)
+        self._submit_write = getattr(backend, "submit_write", None)
 
     # -- connection events ---------------------------------------------------------------
 
@@ -386,8 +391,21 @@ class ClientProtocol(Protocol):
             else:
                 backend = self.factory.backend
                 if route is Route.READ:
+                    submit = self._submit_read
+                    if submit is not None:
+                        burst.pending += 1
+                        self._awaiting += 1
+                        submit(command, not self.readonly, self._on_done,
+                               (burst, index, self.protocol_version == 3))
+                        return True
                     result = backend.read(command, not self.readonly)
                 elif route is Route.WRITE:
+                    submit = self._submit_write
+                    if submit is not None:
+                        burst.pending += 1
+                        self._awaiting += 1
+                        submit(command, self._on_done, (burst, index, self.protocol_version == 3))
+                        return True
                     result = backend.write(command)
                 else:
                     result = backend.admin(command)
@@ -406,6 +424,14 @@ class ClientProtocol(Protocol):
         burst.bytes += len(data)
         self._unwritten_bytes += len(data)
         return True
+
+    def _on_done(self, token: tuple, result: object) -> None:
+        """The backend answered a submitted command (a result, or a BackendError)."""
+        burst, index, resp3 = token
+        if isinstance(result, Exception):
+            self._complete(burst, index, self._error_reply(result))
+        else:
+            self._complete(burst, index, self._encode(result, resp3))
 
     def _on_result(self, result: object, burst: _Burst, index: int, resp3: bool) -> None:
         self._complete(burst, index, self._encode(result, resp3))
