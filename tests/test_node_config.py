@@ -1,0 +1,49 @@
+"""Configuration keys of snapshots, compaction and membership (kvraft.config)."""
+
+import pytest
+
+from kvraft.config import ConfigError, from_dict
+
+
+def doc(**sections):
+    base = {
+        "node": {"id": "n1", "data_dir": "d"},
+        "cluster": {"members": {"n1": "127.0.0.1:7001", "n2": "127.0.0.1:7002"}},
+        "peer": {"listen": "127.0.0.1:7001"},
+        "tls": {"ca": "ca.pem", "cert": "c.pem", "key": "k.pem"},
+    }
+    for name, table in sections.items():
+        base.setdefault(name, {}).update(table)
+    return base
+
+
+def test_defaults():
+    config = from_dict(doc())
+    assert config.raft.snapshot_entries == 100_000
+    assert config.raft.snapshot_bytes == 128 << 20
+    assert config.raft.compaction_margin_entries == 10_000
+    assert config.snapshots_retained == 2 and config.preferred_leader == ""
+
+
+def test_snapshots_retained_is_not_passed_to_the_storage_backend():
+    config = from_dict(doc(storage={"snapshots_retained": 3, "segment_bytes_max": 1024}))
+    assert config.snapshots_retained == 3
+    assert config.storage_options == {"segment_bytes_max": 1024}
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"raft": {"snapshot_entries": 0}}, "raft.snapshot_entries: must be greater than 0"),
+    ({"raft": {"compaction_margin_entries": -1}}, "raft.compaction_margin_entries"),
+    ({"storage": {"snapshots_retained": 0}}, "storage.snapshots_retained"),
+    ({"cluster": {"preferred_leader": "n 1"}}, "cluster.preferred_leader"),
+    ({"cluster": {"join": True, "members": {"n1": "127.0.0.1:7001"}}},
+     "a joining node (cluster.join = true) must list the current members"),
+])
+def test_bad_values_name_the_key(sections, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        from_dict(doc(**sections))
+
+
+def test_a_joining_node_need_not_list_itself():
+    config = from_dict(doc(node={"id": "n9"}, cluster={"join": True}))
+    assert config.join and "n9" not in config.members
