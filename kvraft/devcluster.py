@@ -272,9 +272,11 @@ class LocalCluster:
                 fields[k.strip()] = v.strip()
         return fields
 
-    def leader(self, among: list[str] | None = None) -> str | None:
-        """The node that says it leads, if every live node in ``among`` agrees on it."""
-        seen = set()
+    def leader(self, among: list[str] | None = None, agreed: bool = False) -> str | None:
+        """The one running node in ``among`` that says it leads. With ``agreed``, only if
+        every running node of ``among`` that answers also names it as its leader (so a
+        client of any of them is served at once)."""
+        leaders, named = set(), set()
         for node_id in among or list(self.nodes):
             if not self.running(node_id):
                 continue
@@ -283,17 +285,25 @@ class LocalCluster:
             except (OSError, RuntimeError):
                 continue
             if info.get("raft_role") == "leader":
-                seen.add(node_id)
-        return seen.pop() if len(seen) == 1 else None
+                leaders.add(node_id)
+            named.add(info.get("raft_leader_id", ""))
+        if len(leaders) != 1:
+            return None
+        leader = leaders.pop()
+        return leader if not agreed or named == {leader} else None
 
-    def wait_for_leader(self, timeout_s: float = 20.0, among: list[str] | None = None) -> str:
+    def wait_for_leader(self, timeout_s: float = 20.0, among: list[str] | None = None,
+                        agreed: bool = True) -> str:
+        """Poll until one node leads (and, with ``agreed``, every answering node of
+        ``among`` knows it); raise TimeoutError after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            leader = self.leader(among)
+            leader = self.leader(among, agreed)
             if leader is not None:
                 return leader
             time.sleep(0.05)
-        raise TimeoutError(f"no leader within {timeout_s}s")
+        raise TimeoutError(f"no leader{' all nodes agree on' if agreed else ''} within "
+                           f"{timeout_s}s")
 
     def redis(self, node_id: str, tls: bool = True, identity: str = "client", **kwargs):
         """A redis-py client for ``node_id`` (mutual TLS with ``identity``'s certificate)."""
