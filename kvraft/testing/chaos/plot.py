@@ -25,7 +25,7 @@ OUTCOME_COLORS: dict[str, Color] = {"ok": (40, 90, 200), "fail": (215, 40, 40),
                                     "info": (240, 150, 0)}
 FAULT_COLORS: dict[str, Color] = {"kill": (255, 205, 205), "pause": (225, 210, 250),
                                   "partition": (255, 240, 180), "slow": (200, 240, 245),
-                                  "torn": (235, 215, 190)}
+                                  "torn": (235, 215, 190), "membership": (205, 235, 205)}
 RECOVERY_COLOR: Color = (236, 236, 236)
 
 # 5x7 glyphs: seven rows of five bits, most significant bit on the left.
@@ -176,15 +176,23 @@ def render_timeline(history: list[dict[str, Any]], faults: list[dict[str, Any]],
         v = min(v, lat_hi)
         return lat_bottom - int((lat_bottom - lat_top) * (v - lat_lo) / (lat_hi - lat_lo))
 
-    # Fault windows first, so everything else draws over them.
-    for i, f in enumerate(faults):
+    # Fault windows first, so everything else draws over them. Labels go in three rows
+    # above the panel, each where it does not overlap the previous one of its row; a
+    # label with no room is left out (the colour still tells the family).
+    label_ends = [0, 0, 0]
+    for f in faults:
         end = f.get("end") if f.get("end") is not None else t_end
         for top, bottom in ((lat_top, lat_bottom), (tp_top, tp_bottom)):
             canvas.rect(x_of(f["start"]), top, max(x_of(end), x_of(f["start"]) + 1),
                         bottom, fault_color(f["kind"]))
             if f.get("recovered") is not None:
                 canvas.rect(x_of(end), top, x_of(f["recovered"]), bottom, RECOVERY_COLOR)
-        canvas.text(x_of(f["start"]) + 1, lat_top - 10 - 9 * (i % 3), f["kind"], BLACK)
+        x = x_of(f["start"]) + 1
+        for row, free_at in enumerate(label_ends):
+            if x >= free_at:
+                label_ends[row] = x + 6 * len(f["kind"]) + 4
+                canvas.text(x, lat_top - 10 - 9 * row, f["kind"], BLACK)
+                break
 
     # Grid and axes.
     step = _nice_step(t_end, 12)
@@ -237,11 +245,11 @@ def render_timeline(history: list[dict[str, Any]], faults: list[dict[str, Any]],
     canvas.text(left, 8, title, BLACK, scale=2)
     canvas.text(left, lat_bottom + 8, "latency per operation (log scale)")
     canvas.text(left, tp_bottom + 20, "operations completed per second; time in seconds")
-    x = right - 420
+    x = right - 500
     for outcome, label in (("ok", "ok"), ("fail", "fail"), ("info", "unknown")):
         canvas.rect(x, 12, x + 8, 20, OUTCOME_COLORS[outcome])
         x = canvas.text(x + 12, 13, label) + 12
-    for family in ("kill", "pause", "partition", "slow", "torn"):
+    for family in FAULT_COLORS:
         canvas.rect(x, 12, x + 8, 20, FAULT_COLORS[family])
         x = canvas.text(x + 12, 13, family) + 10
     Path(path).write_bytes(canvas.png())
