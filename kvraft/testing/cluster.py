@@ -49,6 +49,7 @@ from kvraft.testing.clients import ClientRequest, SimClient
 from kvraft.testing.durable_storage import SimStorage
 from kvraft.testing.invariants import InvariantViolation, SafetyMonitor
 from kvraft.testing.kvmodel import KVMachine, encode_batch
+from kvraft.testing.membership import ClusterMembership
 from kvraft.testing.network import NetworkFaults, SimNetwork
 from kvraft.testing.serving import SCRIPT_CLIENT, ClientServing
 
@@ -94,9 +95,13 @@ class SimNode:
     pending_reads: dict[bytes, ClientRequest] = field(default_factory=dict)
     waiting_reads: list[tuple[int, ClientRequest]] = field(default_factory=list)
     completeness_due: tuple[int, int] | None = None  # (term, applied upto) to check
+    conf: ConfState = field(default_factory=ConfState)  # configuration as applied
+    join_voters: tuple[str, ...] = ()  # a joiner's placeholder configuration
+    compact_due: bool = False  # compact after this apply (a member was added)
+    retired: bool = False  # removed from the cluster and stopped for good
 
 
-class SimCluster(ClientServing):
+class SimCluster(ClientServing, ClusterMembership):
     """A cluster of ``nodes`` (a count, or names) on one deterministic event loop."""
 
     def __init__(self, nodes: int | tuple[str, ...] = 3, *, seed: int = 0,
@@ -127,16 +132,26 @@ class SimCluster(ClientServing):
         self._script_requests = 0
         self._script_reads: dict[int, Any] = {}
         conf = ConfState(voters=names)
+        self.initial_names = names
+        self.conf = conf  # the newest configuration applied anywhere (membership.py)
+        self.conf_index = 0
+        self.joiners: list[str] = []  # started to be added, not members yet
         self.nodes: dict[str, SimNode] = {}
-        s = self.settings
         for name in names:
-            skew = self.rng.randint(-s.tick_skew_steps, s.tick_skew_steps)
-            self.nodes[name] = SimNode(
-                id=name, storage=SimStorage(conf, MemoryStorage),
-                tick_steps=max(1, s.tick_steps + skew))
+            self._create_node(name, conf)
         if start:
             for name in names:
                 self.restart(name)
+
+    def _create_node(self, name: str, conf: ConfState,
+                     join_voters: tuple[str, ...] = ()) -> SimNode:
+        s = self.settings
+        skew = self.rng.randint(-s.tick_skew_steps, s.tick_skew_steps)
+        node = SimNode(id=name, storage=SimStorage(conf, MemoryStorage),
+                       tick_steps=max(1, s.tick_steps + skew), conf=conf,
+                       join_voters=join_voters)
+        self.nodes[name] = node
+        return node
 
     # == time ==============================================================================
 
@@ -241,7 +256,7 @@ class SimCluster(ClientServing):
         for name in self.names:
             node = self.nodes[name]
             if not node.alive:
-                parts.append(f"{name}: down")
+                parts.append(f"{name}: {'retired' if node.retired else 'down'}")
                 continue
             st = node.core.status()
             parts.append(f"{name}: {st['role'].value} term {st['term']} leader "
@@ -282,36 +297,46 @@ class SimCluster(ClientServing):
         node = self.nodes[name]
         if not node.alive:
             return
+        what = self._stop(node)
+        self.stats["crashes"] += 1
+        self.note("crash", f"{name}: {what}")
+        self._check_durable(node)
+
+    def _stop(self, node: SimNode) -> str:
+        """Stop ``node`` as a crash does; returns what its disk lost."""
+        if not node.alive:
+            return "already down"
         s = self.settings
         node.alive = False
         node.incarnation += 1
         node.inflight = None
+        node.compact_due = False
         node.pending_writes.clear()
         node.pending_reads.clear()
         node.waiting_reads.clear()
         node.completeness_due = None
-        what = node.storage.crash(self.rng if s.lose_unsynced_prefix else None,
+        return node.storage.crash(self.rng if s.lose_unsynced_prefix else None,
                                   torn=s.torn_writes)
-        self.stats["crashes"] += 1
-        self.note("crash", f"{name}: {what}")
-        self._check_durable(node)
 
     def restart(self, name: str) -> None:
         """Start ``name`` from its durable storage: the state machine restores the
         durable snapshot (if any) and the core starts with ``applied`` at its index;
         committed entries after it are replayed."""
         node = self.nodes[name]
-        if node.alive:
+        if node.alive or node.retired:
             return
         snap = node.storage.durable.snapshot
         if snap is not None and not snap.is_empty():
             node.kv = KVMachine.restore(snap.data)
+            node.conf = snap.metadata.conf_state
         else:
             node.kv = KVMachine()
+            node.conf = node.storage.initial_conf
         node.applied = node.kv.last_applied
         s = self.settings
         config = RaftConfig(
-            id=name, voters=self.names, election_ticks=s.election_ticks,
+            id=name, voters=node.join_voters or self.initial_names,
+            election_ticks=s.election_ticks,
             heartbeat_ticks=s.heartbeat_ticks, pre_vote=s.pre_vote,
             check_quorum=s.check_quorum, rng=random.Random(self.rng.getrandbits(64)),
             applied=node.applied)
@@ -350,7 +375,7 @@ class SimCluster(ClientServing):
     def transfer_leadership(self, name: str, to: str) -> None:
         """Ask ``name`` (if it leads) to hand leadership to ``to``."""
         node = self.nodes[name]
-        if node.alive:
+        if node.alive and node.core.tracker.is_voter(to):
             node.core.transfer_leadership(to)
             self.note("transfer", f"{name} -> {to}")
             self._after_input(node)
@@ -372,6 +397,7 @@ class SimCluster(ClientServing):
         node.core.tick()
         self.schedule(node.tick_steps, "tick", name, incarnation)
         self._after_input(node)
+        self._maybe_leave_joint(node)
 
     def _on_msg(self, m: Message) -> None:
         node = self.nodes[m.to]
@@ -398,6 +424,7 @@ class SimCluster(ClientServing):
         if rd.snapshot is not None and not rd.snapshot.is_empty():
             node.kv = KVMachine.restore(rd.snapshot.data)
             node.applied = rd.snapshot.metadata.index
+            node.conf = rd.snapshot.metadata.conf_state
             self.note("restore", f"{name} from snapshot at {node.applied}")
         if rd.committed_entries:
             self._apply(node, rd)
@@ -424,9 +451,12 @@ class SimCluster(ClientServing):
     def _after_input(self, node: SimNode) -> None:
         """After any input to a node's core: watch for leadership, drain its Ready."""
         core = node.core
-        if core.role == Role.Leader and self.monitor.note_leader(node.id, core.term):
-            node.completeness_due = (core.term, self.monitor.max_applied)
-            self.note("leader", f"{node.id} term {core.term}")
+        if core.role == Role.Leader:
+            if self.monitor.note_leader(node.id, core.term):
+                node.completeness_due = (core.term, self.monitor.max_applied)
+                self.note("leader", f"{node.id} term {core.term}")
+            if core.log.committed > self.monitor.commit_index:
+                self._note_leader_commit(node)
         if node.inflight is None and core.has_ready():
             self._handle_ready(node, core.ready())
 
@@ -441,11 +471,8 @@ class SimCluster(ClientServing):
             storage.write_snapshot(rd.snapshot)
         storage.write_entries(rd.entries)
         if rd.hard_state is not None:
+            # Commits are noted from leaders, with their configuration (membership.py).
             storage.write_hard_state(rd.hard_state)
-            commit = rd.hard_state.commit
-            if commit > self.monitor.commit_index:
-                self.monitor.note_commit(node.id, commit, storage.live.term(commit))
-                self._check_durable(None)
         if node.completeness_due is not None:
             term, upto = node.completeness_due
             node.completeness_due = None
@@ -489,7 +516,7 @@ class SimCluster(ClientServing):
                                     node.applied, commit, node_term)
             node.applied = entry.index
             if entry.type == EntryType.ConfChange:
-                node.kv.last_applied = entry.index  # membership is not simulated yet
+                self._apply_conf_entry(node, entry)
                 continue
             for client, request, result in node.kv.apply(entry.index, entry.data):
                 self._answer_write(node, client, request, result)
@@ -498,9 +525,13 @@ class SimCluster(ClientServing):
     def _maybe_compact(self, node: SimNode) -> None:
         every = self.settings.snapshot_every
         storage = node.storage
-        if every and node.applied - storage.live.base_index >= every \
-                and node.applied <= storage.live.last_index:
-            storage.compact(node.applied, node.kv.snapshot())
+        due, node.compact_due = node.compact_due, False
+        if due and node.applied > storage.live.base_index:
+            pass  # a member was added: it must be sent a snapshot that includes it
+        elif not (every and node.applied - storage.live.base_index >= every):
+            return
+        if node.applied <= storage.live.last_index:
+            storage.compact(node.applied, node.kv.snapshot(), node.conf)
             self.stats["snapshots"] += 1
             self.note("compact", f"{node.id} at {node.applied}")
 

@@ -128,6 +128,11 @@ class SimStorage:
         self._dirty_from: int | None = None  # lowest durable index changed, unchecked
         self.core_storage = self.new_core_storage()
 
+    @property
+    def initial_conf(self) -> ConfState:
+        """The configuration the disk starts with (empty for a joining node)."""
+        return self._conf_state
+
     def new_core_storage(self) -> Any:
         """A MemoryStorage holding exactly the durable image."""
         ms = self._factory(self._conf_state)
@@ -159,12 +164,14 @@ class SimStorage:
         self.core_storage.set_hard_state(hard_state)
         self._record(("hard_state", replace(hard_state)))
 
-    def compact(self, index: int, data: bytes) -> Snapshot:
-        """Snapshot the state machine at ``index`` and compact the log up to it. Models
-        a snapshot file written, fsynced and renamed: durable at once, so unsynced log
-        writes are synced first (a real store orders them the same way)."""
+    def compact(self, index: int, data: bytes, conf_state: ConfState | None = None
+                ) -> Snapshot:
+        """Snapshot the state machine at ``index`` (with the configuration in effect
+        there, ``conf_state``; None keeps the previous snapshot's) and compact the log up
+        to it. Models a snapshot file written, fsynced and renamed: durable at once, so
+        unsynced log writes are synced first (a real store orders them the same way)."""
         self.sync()
-        snap = self.core_storage.create_snapshot(index, None, data)
+        snap = self.core_storage.create_snapshot(index, conf_state, data)
         self.core_storage.compact(index)
         self.live.compact(snap)
         self.durable.compact(snap)

@@ -57,6 +57,9 @@ class SafetyMonitor:
         self._max_applied = 0
         self.commit_index = 0
         self.commit_term = 0
+        # The configuration the leader counted when it committed ``commit_index``:
+        # (incoming voters, outgoing voters); outgoing is empty outside a joint change.
+        self.commit_voters: tuple[tuple[str, ...], tuple[str, ...]] = (nodes, ())
         self.elections = 0
 
     # -- election safety ----------------------------------------------------------------
@@ -125,27 +128,38 @@ class SafetyMonitor:
 
     # -- commitment and durability ----------------------------------------------------
 
-    def note_commit(self, node: str, index: int, term: int | None) -> None:
+    def note_commit(self, node: str, index: int, term: int | None,
+                    conf: Any = None) -> None:
         """``node`` learned that entries up to ``index`` (of ``term`` in its log) are
-        committed."""
+        committed. ``conf`` (a ConfState) is the configuration whose quorum committed
+        them, when known (a leader's at the moment its commit index moved); without it
+        the cluster's initial nodes are assumed."""
         if index > self.commit_index and term is not None:
             self.commit_index, self.commit_term = index, term
+            if conf is not None:
+                self.commit_voters = (tuple(conf.voters), tuple(conf.voters_outgoing))
 
     def check_committed_durable(self, durable: dict[str, LogImage]) -> None:
         """The highest committed entry is in a quorum's durable logs (or their
-        snapshots): crashes may lose unsynced writes, never committed ones."""
+        snapshots) of the configuration that committed it (a majority of each half of a
+        joint configuration): crashes may lose unsynced writes, never committed ones."""
         index, term = self.commit_index, self.commit_term
         if index == 0:
             return
-        holders = [n for n in self.nodes if durable[n].covers(index, term)]
-        if len(holders) < self.quorum:
-            detail = ", ".join(
-                f"{n}: term {durable[n].term(index)} (log ends {durable[n].last_index})"
-                for n in self.nodes)
-            raise InvariantViolation(
-                "committed entries are durable",
-                f"committed entry {index} (term {term}) is durable on only {holders}, fewer "
-                f"than a quorum of {self.quorum}; durable logs at {index}: {detail}")
+        for half in self.commit_voters:
+            if not half:
+                continue
+            holders = [n for n in half if n in durable and durable[n].covers(index, term)]
+            quorum = len(half) // 2 + 1
+            if len(holders) < quorum:
+                detail = ", ".join(
+                    f"{n}: term {durable[n].term(index)} (log ends {durable[n].last_index})"
+                    for n in half if n in durable)
+                raise InvariantViolation(
+                    "committed entries are durable",
+                    f"committed entry {index} (term {term}) is durable on only {holders}, "
+                    f"fewer than a quorum of {quorum} of voters {list(half)}; durable logs "
+                    f"at {index}: {detail}")
 
     # -- state machine safety -----------------------------------------------------------
 

@@ -3,9 +3,11 @@
 Kinds scheduled over time: ``crash`` (then a restart after a random downtime),
 ``partition`` (symmetric split), ``oneway`` (asymmetric: some links cut one way),
 ``isolate_leader``, ``bridge``, ``transfer`` (leadership transfer), ``campaign`` (a
-node starts an election unprompted). Kinds that shape every message or write instead
-(``drop``, ``duplicate``, ``delay``, ``torn``, ``snapshot``) are set once per run by
-``configure``. One network fault is active at a time and heals after a random spell.
+node starts an election unprompted), ``membership`` (a configuration change: add a
+learner, promote it, remove a voter or the leader; see ``Nemesis._do_membership``).
+Kinds that shape every message or write instead (``drop``, ``duplicate``, ``delay``,
+``torn``, ``snapshot``) are set once per run by ``configure``. One network fault is
+active at a time and heals after a random spell.
 """
 
 from __future__ import annotations
@@ -13,20 +15,30 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
+from kvraft.raft import ConfChange, ConfChangeSingle, ConfChangeType, ProgressState
 from kvraft.testing.cluster import NodeSettings, SimCluster
 from kvraft.testing.network import NetworkFaults
 
 __all__ = ["FAULT_KINDS", "Nemesis", "NemesisTiming", "configure"]
 
 SCHEDULED_KINDS = ("crash", "partition", "oneway", "isolate_leader", "bridge", "transfer",
-                   "campaign")
+                   "campaign", "membership")
 STATIC_KINDS = ("drop", "duplicate", "delay", "torn", "snapshot")
 FAULT_KINDS = SCHEDULED_KINDS + STATIC_KINDS
 """Every fault kind the simulator knows (``--faults`` picks among them)."""
 
 _WEIGHTS = {"crash": 4, "partition": 3, "oneway": 2, "isolate_leader": 3, "bridge": 1,
-            "transfer": 1, "campaign": 1}
+            "transfer": 1, "campaign": 1, "membership": 3}
+
+VOTERS_MIN = 3
+"""Membership changes keep at least this many voters (or the initial count if smaller)."""
+VOTERS_MAX = 7
+"""... and at most this many (or the initial count if larger)."""
+PROMOTE_LAG_ENTRIES_MAX = 5
+"""A learner is promoted only when its match index is this close to the leader's commit
+index and the leader replicates to it (not probing, not sending a snapshot)."""
 
 
 @dataclass(slots=True)
@@ -90,7 +102,7 @@ class Nemesis:
         self._spell += 1
         self._spell_active = False
         self.cluster.heal()
-        for name in self.cluster.names:
+        for name in self.cluster.active():
             self.cluster.restart(name)
 
     def _schedule_next(self) -> None:
@@ -103,7 +115,8 @@ class Nemesis:
             return
         kinds = self.kinds
         if self._spell_active:
-            kinds = [k for k in kinds if k in ("crash", "transfer", "campaign")]
+            kinds = [k for k in kinds if k in ("crash", "transfer", "campaign",
+                                               "membership")]
         if kinds:
             kind = self.rng.choices(kinds, weights=[_WEIGHTS[k] for k in kinds])[0]
             if getattr(self, "_do_" + kind)():
@@ -139,7 +152,7 @@ class Nemesis:
                               "call", heal)
 
     def _shuffled(self) -> list[str]:
-        names = list(self.cluster.names)
+        names = self.cluster.active()
         self.rng.shuffle(names)
         return names
 
@@ -183,9 +196,12 @@ class Nemesis:
     def _do_transfer(self) -> bool:
         c = self.cluster
         leader = c.leader()
-        if leader is None or len(c.names) < 2:
+        if leader is None:
             return False
-        c.transfer_leadership(leader, self.rng.choice([n for n in c.names if n != leader]))
+        voters = [n for n in c.nodes[leader].core.tracker.voter_ids() if n != leader]
+        if not voters:
+            return False
+        c.transfer_leadership(leader, self.rng.choice(voters))
         return True
 
     def _do_campaign(self) -> bool:
@@ -194,3 +210,63 @@ class Nemesis:
             return False
         self.cluster.campaign(self.rng.choice(alive))
         return True
+
+    def _do_membership(self) -> bool:
+        """One configuration change at the leader, among: add a new node as a learner,
+        promote a caught-up learner (simple or joint change), remove a voter (maybe the
+        leader; simple or joint), replace a voter by a learner (joint, auto-leave), or
+        drop a learner that does not catch up."""
+        c = self.cluster
+        leader = c.leader()
+        if leader is None:
+            return False
+        core = c.nodes[leader].core
+        cs = core.tracker.conf_state()
+        if cs.is_joint():
+            return False
+        initial = len(c.initial_names)
+        voters_min, voters_max = min(VOTERS_MIN, initial), max(VOTERS_MAX, initial)
+        voters, learners = list(cs.voters), list(cs.learners)
+        caught_up = [n for n in learners if _caught_up(core, n)]
+        options = []
+        if not learners and len(voters) < voters_max:
+            options.append("add_learner")
+        if caught_up and len(voters) < voters_max:
+            options.append("promote")
+        if caught_up:
+            options.append("replace")
+        if len(voters) > voters_min:
+            options.append("remove_voter")
+        if learners and not caught_up:
+            options.append("remove_learner")
+        if not options:
+            return False
+        op = self.rng.choice(options)
+        joint = self.rng.random() < 0.5
+        if op == "add_learner":
+            joiner = c.joiners[0] if c.joiners else c.add_node()
+            cc = ConfChange((ConfChangeSingle(ConfChangeType.AddLearner, joiner),))
+        elif op == "promote":
+            cc = ConfChange((ConfChangeSingle(ConfChangeType.AddVoter,
+                                              self.rng.choice(caught_up)),), joint=joint)
+        elif op == "replace":
+            cc = ConfChange((ConfChangeSingle(ConfChangeType.AddVoter,
+                                              self.rng.choice(caught_up)),
+                             ConfChangeSingle(ConfChangeType.RemoveNode,
+                                              self.rng.choice(voters))))
+        elif op == "remove_voter":
+            cc = ConfChange((ConfChangeSingle(ConfChangeType.RemoveNode,
+                                              self.rng.choice(voters)),), joint=joint)
+        else:
+            cc = ConfChange((ConfChangeSingle(ConfChangeType.RemoveNode,
+                                              self.rng.choice(learners)),))
+        if not c.propose_conf_change(leader, cc):
+            return False
+        c.stats["membership_" + op] += 1
+        return True
+
+
+def _caught_up(core: Any, node: str) -> bool:
+    pr = core.tracker.progress.get(node)
+    return (pr is not None and pr.state == ProgressState.Replicate
+            and pr.match + PROMOTE_LAG_ENTRIES_MAX >= core.log.committed)

@@ -109,6 +109,11 @@ class SimNetwork:
                 self._blocked.add((a, b))
                 self._blocked.add((b, a))
 
+    def add_node(self, node: str) -> None:
+        """A node joins the network (membership changes); its links start up."""
+        if node not in self.nodes:
+            self.nodes = self.nodes + (node,)
+
     def _check(self, *names: str) -> None:
         for name in names:
             if name not in self.nodes:

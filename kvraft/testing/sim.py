@@ -122,8 +122,8 @@ class _Run:
             cluster.restart(name)
         client_config = config.client.varied(cluster.rng)
         for i in range(config.clients):
-            client = SimClient(i + 1, cluster.names, cluster.rng, cluster, self.history,
-                               client_config)
+            client = SimClient(i + 1, tuple(cluster.members()), cluster.rng, cluster,
+                               self.history, client_config)
             cluster.add_client(client)
             self.clients.append(client)
             cluster.client_wake(client, cluster.rng.randint(1, 200))
@@ -156,14 +156,18 @@ class _Run:
                 report.faults[kind] = cluster.network.stats[stat]
         if cluster.stats["snapshots"]:
             report.faults["snapshot"] = cluster.stats["snapshots"]
+        for stat, count in sorted(cluster.stats.items()):
+            if stat.startswith("membership_") or stat in ("conf_changes", "retired"):
+                report.faults[stat] = count
         report.operations = Counter(r["type"] for r in self.history if r["type"] != "invoke")
         report.operations["pending"] = sum(1 for c in self.clients if c.op is not None)
 
 
 def _check_converged(cluster: SimCluster) -> bool:
-    """After settling: do all nodes hold the same state? Equal applied index with
-    different data is a safety violation; unequal indexes only mean "not converged"."""
-    nodes = [cluster.nodes[n] for n in cluster.names]
+    """After settling: do all members (of the newest configuration) hold the same
+    state? Equal applied index with different data is a safety violation; unequal
+    indexes only mean "not converged"."""
+    nodes = [cluster.nodes[n] for n in cluster.members()]
     applied = {node.applied for node in nodes}
     if len(applied) != 1:
         return False
