@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Protocol as TypingProtocol
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHandshakeListener,
@@ -48,7 +49,7 @@ from kvraft.peer.codec import (
     encode_hello,
 )
 from kvraft.peer.counters import TransportCounters
-from kvraft.raft.types import Message
+from kvraft.raft.types import Message, MsgType
 
 hello_bytes_max = 4096  # two ids of <= 255 characters and msgpack overhead fit easily
 hello_timeout_s_default = 10.0  # TLS + hello take milliseconds; this only reaps the idle
@@ -61,6 +62,12 @@ MESSAGE_BEFORE_HELLO = "message before hello"
 
 HANDSHAKING, OPEN, CLOSED = "handshaking", "open", "closed"
 
+
+FORWARDED_KINDS = frozenset({MsgType.MsgProp, MsgType.MsgReadIndex, MsgType.MsgTransferLeader})
+"""Requests a follower passes on to the node it takes for the leader with ``frm`` kept as
+the node that asked (the answer goes straight back to it). A follower with a stale idea of
+the leader may pass one on twice, so on these ``frm`` names the asker, not the link's
+authenticated peer; every other kind must come from the peer itself."""
 log = Logger(namespace="kvraft.peer")
 
 
@@ -200,6 +207,19 @@ class PeerLink(Protocol):
 
     # -- our API ------------------------------------------------------------------------
 
+    def write_now(self, data: bytes) -> None:
+        """Write ``data`` and hand it to the kernel now, not at the reactor's next
+        writability poll: a Raft message should reach its peer before this node starts
+        an fsync, a flush that waits one reactor turn costs a round trip's worth of
+        latency. Partial writes stay queued in the transport as usual."""
+        self.transport.write(data)
+        tcp = getattr(self.transport, "transport", None)  # under TLS: the TCP connection
+        if isinstance(tcp, FileDescriptor) and tcp.connected and not tcp.disconnecting and (
+                tcp.dataBuffer or getattr(tcp, "_tempDataBuffer", None)):
+            # What the reactor does when the socket is writable; an error is left
+            # buffered for the reactor, which then closes the connection.
+            tcp.doWrite()
+
     def close(self) -> None:
         """Close the link on purpose (peer removed, service stopping): not a failure."""
         self._closed_by_us = True
@@ -274,7 +294,7 @@ class PeerLink(Protocol):
         except FrameError as e:
             self._bad_frame(e)
             return
-        if msg.frm != self.peer_id:
+        if msg.frm != self.peer_id and msg.type not in FORWARDED_KINDS:
             self._bad_frame(FrameError(f"a message from {msg.frm!r} on the link of "
                                        f"{self.peer_id!r}", WRONG_SENDER))
             return

@@ -43,8 +43,6 @@ def _sent(core: RaftCore) -> list[Message]:
     return messages
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1: a proposal forwarded twice closes the "
-                   "peer link ('wrong sender'); reported to the lead")
 def test_a_proposal_forwarded_twice_reaches_the_leader(tmp_path):
     """Seen in chaos runs after partitions heal (``bad frame (wrong sender): a message
     from 'n2' on the link of 'n3'``): n2 forwarded a client write to n3, which it still
@@ -153,8 +151,6 @@ def test_a_follower_that_lost_its_log_tail_recovers_or_stops(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason="finding 3: RAFT.REMOVE of the leader answers only "
-                   "after the 60 s change timeout; reported to the lead")
 def test_removing_the_leader_is_answered_once_in_effect(tmp_path):
     """Seen in the membership nemesis: RAFT.REMOVE <leader> sent to the leader took
     effect within a second (it handed leadership to a remaining voter, which committed
