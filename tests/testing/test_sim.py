@@ -56,7 +56,8 @@ def test_five_nodes_all_faults(seeds):
 def _assert_meaningful(reports: list[sim.SeedReport]) -> None:
     """A run that injects nothing or commits nothing proves nothing."""
     faults = sum((r.faults for r in reports), start=Counter())
-    for kind in ("crash", "partition", "isolate_leader", "drop", "duplicate"):
+    for kind in ("crash", "partition", "isolate_leader", "drop", "duplicate", "membership",
+                 "conf_changes"):
         assert faults[kind] > 0, f"no {kind} faults injected: {faults}"
     assert sum(r.operations["ok"] for r in reports) > 50 * len(reports)
     assert all(r.elections >= 1 for r in reports)
