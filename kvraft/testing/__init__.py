@@ -5,7 +5,8 @@ checker, for tests of kvraft and of anything built on its Raft core.
   linearizable? Porcupine-style search, partitioned by key, unknown outcomes allowed.
 * ``SimCluster`` (``kvraft.testing.cluster``): N RaftCores on a simulated network and
   simulated disks, one seeded event loop; helpers to partition, heal, crash, restart,
-  propose, and run until a condition holds. Safety invariants are checked as it runs
+  propose, change the membership (joiners, learners, joint changes), and run until a
+  condition holds. Safety invariants are checked as it runs
   (``InvariantViolation``).
 * ``kvraft.testing.sim``: seeded fault-injection runs with clients, and the command line
   ``python -m kvraft.testing.sim --seeds 1-500 --nodes 5``.

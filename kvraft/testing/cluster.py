@@ -20,6 +20,11 @@ Scripted use (other tests)::
     c.isolate(leader); c.run_for(500); c.heal()
     c.crash("n2"); c.restart("n2")
     c.propose(c.run_until_leader(), b"...")
+
+Membership (kvraft.testing.membership): ``add_node()`` starts an empty joiner,
+``propose_conf_change(leader, ConfChange(...))`` changes the configuration, ``conf`` is
+the newest configuration applied anywhere, ``members()`` its live members; removed nodes
+are retired (stopped for good) shortly after their removal is applied.
 """
 
 from __future__ import annotations
