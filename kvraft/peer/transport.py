@@ -50,13 +50,13 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     TCP6ServerEndpoint,
     serverFromString,
-    wrapClientTLS,
 )
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from kvraft import tls
 from kvraft.peer.codec import encode_message, frame_header_bytes
@@ -120,6 +120,29 @@ class _LinkFactory(Factory):
         else:
             self.transport._outgoing.add(link)
         return link
+
+
+class _PromptTLSFactory(TLSMemoryBIOFactory):
+    """TLS for the links we send on, without Twisted's aggregation of small writes
+    (which holds every write for one more reactor iteration): the transport already
+    writes once per peer per turn, and that write should leave at once."""
+
+    protocol = TLSMemoryBIOProtocol
+
+
+@implementer(IStreamClientEndpoint)
+class _PromptTLSEndpoint:
+    """``wrapClientTLS`` with ``_PromptTLSFactory``."""
+
+    def __init__(self, creator, endpoint, clock):
+        self._creator = creator
+        self._endpoint = endpoint
+        self._clock = clock
+
+    def connect(self, factory) -> Deferred:
+        tls_factory = _PromptTLSFactory(self._creator, True, factory, clock=self._clock)
+        return self._endpoint.connect(tls_factory).addCallback(
+            lambda protocol: protocol.wrappedProtocol)
 
 
 class _PeersService(MultiService):
@@ -237,8 +260,8 @@ class PeerTransport:
                 return
             self.remove_peer(peer_id)
         out = _Outbound(peer_id, (host, port))
-        endpoint = wrapClientTLS(self.tls.peer_client_creator(peer_id),
-                                 self._client_endpoint(host, port), clock=self.reactor)
+        endpoint = _PromptTLSEndpoint(self.tls.peer_client_creator(peer_id),
+                                      self._client_endpoint(host, port), self.reactor)
         out.service = ClientService(endpoint, _LinkFactory(self, out),
                                     retryPolicy=lambda attempt: self._retry_delay(out, attempt),
                                     clock=self.reactor)
@@ -358,7 +381,7 @@ class PeerTransport:
         pending, out.pending = out.pending, []
         size, out.pending_bytes = out.pending_bytes, 0
         snapshots, out.pending_snapshots = out.pending_snapshots, 0
-        link.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        link.write_now(pending[0] if len(pending) == 1 else b"".join(pending))
         counters = self.counters.peer(out.peer_id)
         counters.frames_sent += len(pending)
         counters.bytes_sent += size

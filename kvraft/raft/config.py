@@ -85,6 +85,11 @@ class RaftConfig:
     applied: int = 0
     disable_proposal_forwarding: bool = False
     read_only_option: str = READ_ONLY_SAFE
+    lazy_commit_announce: bool = False
+    """True: when the commit index moves, the leader sends no empty MsgApp just to
+    announce it; followers learn it from the next MsgApp with entries or heartbeat (at
+    most ``heartbeat_ticks`` later). Saves two messages per follower and commit under
+    load; the leader's own commit and apply are unchanged."""
     lease_margin_ticks: int | None = None
 
     def __post_init__(self) -> None:

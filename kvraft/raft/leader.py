@@ -168,6 +168,20 @@ class LeaderMixin:
             if node != self.id:
                 self._maybe_send_append(node, True)
 
+    def _bcast_commit(self, before: int) -> None:
+        """The commit index moved up from ``before``: tell the followers (an empty MsgApp
+        to those with no entries to receive). With ``RaftConfig.lazy_commit_announce``
+        only entries some follower lacks are sent, and MsgApps and heartbeats carry the
+        commit index, except when a configuration change just committed: every member
+        adopts it at once."""
+        if (not self.config.lazy_commit_announce
+                or before < self.pending_conf_index <= self.log.committed):
+            self._bcast_append()
+            return
+        for node in self.tracker.progress:
+            if node != self.id:
+                self._maybe_send_append(node, False)
+
     def _maybe_send_append(self, to: NodeId, send_if_empty: bool) -> bool:
         """Send ``to`` the entries it lacks (or an empty MsgApp carrying the commit index
         if ``send_if_empty``), or a snapshot if they were compacted; True if sent."""
@@ -212,8 +226,9 @@ class LeaderMixin:
         if m.frm == self.id:
             # The leader's own entries became durable (ordering rule): only now does it
             # count toward the commit quorum.
+            before = self.log.committed
             if pr.maybe_update(m.index) and self._maybe_commit():
-                self._bcast_append()
+                self._bcast_commit(before)
             return
         if m.reject:
             next_probe = m.reject_hint
@@ -238,8 +253,9 @@ class LeaderMixin:
             pr.become_replicate()
         elif pr.state == ProgressState.Replicate:
             pr.inflights.free_le(m.index)
+        before = self.log.committed
         if self._maybe_commit():
-            self._bcast_append()
+            self._bcast_commit(before)
         elif was_paused:
             self._maybe_send_append(m.frm, True)
         while self._maybe_send_append(m.frm, False):

@@ -26,9 +26,11 @@ class Answers:
         self.order.append(token)
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@pytest.fixture(params=["fsync-inline", "fsync-in-thread"])
+def cluster(tmp_path, request):
     c = NodeCluster(tmp_path, size=3)
+    for node in c.nodes.values():
+        node.fsync_in_thread = request.param == "fsync-in-thread"
     c.run_until(lambda: any(n.role == Role.Leader for n in c.nodes.values()),
                 what="a leader")
     yield c
