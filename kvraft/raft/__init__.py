@@ -6,7 +6,7 @@ RawNode. Time is ``tick()``; randomness comes from ``RaftConfig.rng`` (anything 
 ``step(msg)``, ``propose(data)``, ``propose_conf_change(cc)``, ``read_index(ctx)``,
 ``transfer_leadership(to)``, ``campaign()``, ``report_unreachable(id)``,
 ``report_snapshot(id, ok)``. Output: ``Ready`` (and, between Readies,
-``take_messages()`` / ``take_read_states()``).
+``take_messages()``, ``take_read_states()``, ``take_committed_entries()``).
 
 The driving contract
 --------------------
@@ -44,9 +44,13 @@ apply those only after step 2.
 
 While a Ready is outstanding, ``take_messages()`` hands out what the next Ready would
 put in ``messages`` (heartbeats and their answers, new MsgApps, ReadIndex traffic,
-vote requests) and ``take_read_states()`` the ReadIndex answers: both may be sent or
-served at once, so nothing that promises no durability waits behind an fsync. Neither
-ever yields what belongs in ``messages_after_persist``.
+vote requests), ``take_read_states()`` the ReadIndex answers, and
+``take_committed_entries()`` the committed entries that are durable here: they may be
+sent, served and applied at once, so nothing that needs no durability of the
+outstanding Ready waits behind its fsync. None ever yields what belongs in
+``messages_after_persist`` nor an entry of the outstanding write; call
+``take_committed_entries`` only after applying the outstanding Ready's committed
+entries that were durable when it was handed out (see ``kvraft.raft.early``).
 
 The storage read contract
 -------------------------

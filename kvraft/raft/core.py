@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from kvraft.raft.confchange import apply_conf_change, encode_conf_change
 from kvraft.raft.config import READ_ONLY_LEASE, RaftConfig
+from kvraft.raft.early import EarlyOutputMixin
 from kvraft.raft.follower import CAMPAIGN_ELECTION, CAMPAIGN_TRANSFER, FollowerMixin
 from kvraft.raft.leader import LeaderMixin
 from kvraft.raft.log import RaftLog
@@ -47,7 +48,7 @@ _VOTE_RESPONSE = {MsgType.MsgVote: MsgType.MsgVoteResp,
                   MsgType.MsgPreVote: MsgType.MsgPreVoteResp}
 
 
-class RaftCore(FollowerMixin, LeaderMixin):
+class RaftCore(FollowerMixin, LeaderMixin, EarlyOutputMixin):
     """One Raft peer. Drive it with ``tick``/``step``/``propose``...; drain it with
     ``has_ready``/``ready``/``advance`` in the order of the package docstring."""
 
@@ -243,6 +244,8 @@ class RaftCore(FollowerMixin, LeaderMixin):
         rd = Ready(entries=log.next_unstable_entries(),
                    snapshot=log.unstable.next_snapshot(),
                    committed_entries=log.next_committed_entries())
+        if rd.committed_entries:
+            log.accept_applying(rd.committed_entries[-1].index)
         soft = (self.lead, self.role)
         if soft != self._prev_soft:
             rd.soft_state = SoftState(leader_id=self.lead, role=self.role)
@@ -264,28 +267,6 @@ class RaftCore(FollowerMixin, LeaderMixin):
         self._outstanding_self, self._self_after_persist = self._self_after_persist, []
         return rd
 
-    def take_messages(self) -> list[Message]:
-        """Messages that may be sent now, even while a Ready is outstanding.
-
-        These are the ones a Ready would put in ``messages`` (never
-        ``messages_after_persist``): they speak for no durable state, so a driver that
-        persists in a writer thread sends them at once instead of holding heartbeats,
-        heartbeat responses, ReadIndex rounds and new MsgApps behind an fsync. The next
-        Ready does not repeat them.
-        """
-        msgs, self._msgs = self._msgs, []
-        if msgs:
-            # The open ReadIndex round's heartbeats are leaving: later reads need new ones.
-            self.read_only.seal()
-        return msgs
-
-    def take_read_states(self) -> list[ReadState]:
-        """ReadIndex answers available now, even while a Ready is outstanding (a read
-        may be served once the applied index reaches its ``index``). The next Ready
-        does not repeat them."""
-        states, self._read_states = self._read_states, []
-        return states
-
     def advance(self, rd: Ready) -> None:
         """The driver persisted, sent and applied ``rd``: record it, then count the votes
         and acknowledgements this node gave itself for what just became durable."""
@@ -299,17 +280,27 @@ class RaftCore(FollowerMixin, LeaderMixin):
             last = rd.entries[-1]
             log.unstable.stable_to(last.index, last.term)
         if rd.committed_entries:
-            log.applied_to(rd.committed_entries[-1].index)
-            if self.role == Role.Leader:
-                done = sum(len(e.data) for e in rd.committed_entries)
-                self.uncommitted_bytes = max(0, self.uncommitted_bytes - done)
+            self._applied(rd.committed_entries)
         elif rd.snapshot is not None:
             log.applied_to(rd.snapshot.metadata.index)
         own, self._outstanding_self = self._outstanding_self, []
         for m in own:
             self._step(m)
+        self._maybe_auto_leave()
+
+    def _applied(self, entries: list[Entry]) -> None:
+        """The driver applied ``entries`` (committed, in order): move ``applied`` (entries
+        taken with ``take_committed_entries`` may already be past them)."""
+        last = entries[-1].index
+        if last > self.log.applied:
+            self.log.applied_to(last)
+        if self.role == Role.Leader:
+            done = sum(len(e.data) for e in entries)
+            self.uncommitted_bytes = max(0, self.uncommitted_bytes - done)
+
+    def _maybe_auto_leave(self) -> None:
         if (self.role == Role.Leader and self.tracker.auto_leave
-                and log.applied >= self.pending_conf_index):
+                and self.log.applied >= self.pending_conf_index):
             self._propose_leave_joint()
 
     def _propose_leave_joint(self) -> None:
@@ -346,8 +337,9 @@ class RaftCore(FollowerMixin, LeaderMixin):
             if not ok:
                 raise AssertionError(f"{self.id}: invariant broken: {what}")
 
-        ensure(log.applied <= log.committed <= last,
-               f"applied {log.applied} <= committed {log.committed} <= last {last}")
+        ensure(log.applied <= log.applying <= log.committed <= last,
+               f"applied {log.applied} <= applying {log.applying} <= committed "
+               f"{log.committed} <= last {last}")
         ensure(u.offset <= u.offset_in_progress <= u.offset + len(u.entries),
                f"unstable offset {u.offset} <= in progress {u.offset_in_progress}")
         for i, e in enumerate(u.entries):

@@ -5,7 +5,7 @@ confirmed durable by ``RaftCore.advance``: a list of entries starting at ``offse
 a dict, so appends and slicing are cheap. ``RaftLog`` stitches it onto the storage read
 contract and keeps ``committed`` and ``applied``.
 
-Invariants: ``applied <= committed <= last_index()``;
+Invariants: ``applied <= applying <= committed <= last_index()``;
 ``unstable.offset <= unstable.offset_in_progress <= unstable.offset + len(entries)``.
 """
 
@@ -140,6 +140,7 @@ class RaftLog:
         self.unstable = Unstable(last + 1)
         self.committed = first - 1  # highest index known committed
         self.applied = first - 1  # highest index the driver applied; <= committed
+        self.applying = first - 1  # highest index handed out to apply; applied <= it
 
     # -- indexes and terms --------------------------------------------------------------
 
@@ -302,14 +303,14 @@ class RaftLog:
         """Committed entries to apply next (none while a snapshot is pending)."""
         if self.unstable.snapshot is not None:
             return []
-        lo, hi = self.applied + 1, self.committed + 1
+        lo, hi = self.applying + 1, self.committed + 1
         if lo >= hi:
             return []
         return self.slice(lo, hi, self.max_applying_bytes)
 
     def has_next_committed_entries(self) -> bool:
         """True if committed entries wait to be applied."""
-        return self.unstable.snapshot is None and self.committed > self.applied
+        return self.unstable.snapshot is None and self.committed > self.applying
 
     # -- cursors ------------------------------------------------------------------------
 
@@ -338,6 +339,11 @@ class RaftLog:
             raise AssertionError(f"applied index {index} out of range "
                                  f"[{self.applied}, {self.committed}]")
         self.applied = index
+        self.applying = max(self.applying, index)
+
+    def accept_applying(self, index: int) -> None:
+        """Committed entries up to ``index`` were handed out to be applied."""
+        self.applying = max(self.applying, index)
 
     def restore(self, snapshot: Snapshot) -> None:
         """Replace the log with ``snapshot`` (a follower installing the leader's)."""

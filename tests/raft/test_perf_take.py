@@ -106,6 +106,92 @@ def test_read_index_is_confirmed_while_a_ready_is_outstanding():
                for s in (leader.ready().read_states if leader.has_ready() else []))
 
 
+def _leader_writing_y_after_x_was_acknowledged():
+    """n1 leads; x is durable everywhere; the Ready with y is outstanding at n1 and the
+    followers' acknowledgements of x have not arrived yet."""
+    c = Cluster(VOTERS)
+    c.elect("n1")
+    leader = c.core("n1")
+    leader.propose(b"x")
+    rd1 = leader.ready()
+    c.storage["n1"].append(rd1.entries)
+    c.inflight.extend(rd1.messages)
+    leader.advance(rd1)
+    c.deliver()
+    for node in ("n2", "n3"):
+        c.drain(node)
+    acks = c.inflight
+    c.inflight = []
+    leader.propose(b"y")
+    rd2 = leader.ready()
+    assert [e.data for e in rd2.entries] == [b"y"] and rd2.committed_entries == []
+    return c, leader, rd2, acks
+
+
+def test_take_committed_entries_applies_what_commits_during_a_write():
+    c, leader, rd2, acks = _leader_writing_y_after_x_was_acknowledged()
+    assert leader.take_committed_entries() == []
+    c.deliver(acks)  # x commits while y is being written
+    taken = leader.take_committed_entries()
+    assert [e.data for e in taken] == [b"x"]
+    assert leader.log.applied == taken[-1].index
+    assert leader.take_committed_entries() == [], "handed out once"
+    leader.check_invariants()
+    c.storage["n1"].append(rd2.entries)
+    leader.advance(rd2)
+    leader.check_invariants()
+    later = leader.ready() if leader.has_ready() else None
+    assert later is None or all(e.data != b"x" for e in later.committed_entries)
+
+
+def test_take_committed_entries_stops_at_the_durable_index():
+    c, leader, rd2, acks = _leader_writing_y_after_x_was_acknowledged()
+    c.deliver(acks)
+    c.deliver([m for m in rd2.messages])  # y reaches the followers...
+    for node in ("n2", "n3"):
+        c.drain(node)
+    c.deliver()  # ... which acknowledge it: y commits, but is not durable at n1
+    assert leader.log.committed == rd2.entries[-1].index
+    taken = leader.take_committed_entries()
+    assert [e.data for e in taken] == [b"x"], "y waits for the leader's own write"
+    c.storage["n1"].append(rd2.entries)
+    leader.advance(rd2)
+    rd3 = leader.ready()
+    assert [e.data for e in rd3.committed_entries] == [b"y"]
+    leader.advance(rd3)
+    leader.check_invariants()
+
+
+def test_taken_entries_follow_the_committed_entries_of_the_outstanding_ready():
+    c = Cluster(VOTERS)
+    c.elect("n1")
+    leader = c.core("n1")
+    held = []
+    for data in (b"x1", b"x2"):  # both durable everywhere, acknowledgements held back
+        leader.propose(data)
+        rd = leader.ready()
+        c.storage["n1"].append(rd.entries)
+        c.inflight.extend(rd.messages)
+        leader.advance(rd)
+        c.deliver()
+        for node in ("n2", "n3"):
+            c.drain(node)
+        held.append(c.inflight)
+        c.inflight = []
+    c.deliver(held[0])  # x1 commits
+    leader.propose(b"y")
+    rd3 = leader.ready()
+    assert [e.data for e in rd3.committed_entries] == [b"x1"]
+    c.deliver(held[1])  # x2 commits while y is being written
+    taken = leader.take_committed_entries()
+    assert [e.data for e in taken] == [b"x2"], "after x1, which rd3 handed out"
+    applied = leader.log.applied
+    c.storage["n1"].append(rd3.entries)
+    leader.advance(rd3)
+    assert leader.log.applied == applied, "advance never moves applied back"
+    leader.check_invariants()
+
+
 class _SlowDiskCluster(Cluster):
     """Each node keeps its Ready outstanding for a random number of rounds (a slow
     fsync in a writer thread), sending ``take_messages`` and serving
@@ -116,6 +202,7 @@ class _SlowDiskCluster(Cluster):
         self.rng = rng
         self.pending = {node: None for node in self.ids}  # node -> [rd, rounds left]
         self.early: list[Message] = []
+        self.taken_entries = 0
 
     def drain(self, node: str) -> bool:
         core = self.cores[node]
@@ -125,15 +212,24 @@ class _SlowDiskCluster(Cluster):
         self.early.extend(taken)
         self.inflight.extend(taken)
         self.read_states[node].extend(core.take_read_states())
-        moved |= bool(taken)
+        applied_early = core.take_committed_entries()
+        self.applied[node].extend(applied_early)
+        self.taken_entries += len(applied_early)
+        moved |= bool(taken) or bool(applied_early)
         slot = self.pending[node]
         if slot is None and core.has_ready():
+            durable = self.storage[node].last_index()
             rd = core.ready()
             self.inflight.extend(rd.messages)
-            self.pending[node] = slot = [rd, self.rng.randrange(3)]
+            # Committed entries already durable are applied now (take_committed_entries
+            # hands out only what follows them); the rest after the write.
+            early = [e for e in rd.committed_entries if e.index <= durable]
+            self.applied[node].extend(early)
+            rd_late = rd.committed_entries[len(early):]
+            self.pending[node] = slot = [rd, self.rng.randrange(3), rd_late]
             moved = True
         if slot is not None:
-            rd, left = slot
+            rd, left, late = slot
             if left > 0:
                 slot[1] -= 1
                 return True
@@ -143,7 +239,7 @@ class _SlowDiskCluster(Cluster):
             if rd.hard_state is not None:
                 storage.set_hard_state(rd.hard_state)
             self.inflight.extend(rd.messages_after_persist)
-            self.applied[node].extend(rd.committed_entries)
+            self.applied[node].extend(late)
             self.read_states[node].extend(rd.read_states)
             core.advance(rd)
             core.check_invariants()
@@ -174,6 +270,7 @@ def test_slow_disks_with_early_messages_keep_the_logs_consistent(seed):
     c.stabilize()
     assert c.leaders() == ["n1"]
     assert c.early, "messages were taken while Readies were outstanding"
+    assert c.taken_entries, "entries were applied while Readies were outstanding"
     for node in c.ids:
         assert c.applied_data(node) == proposed
         assert [e.index for e in c.applied[node]] == sorted(
