@@ -293,7 +293,7 @@ class LocalCluster:
         return leader if not agreed or named == {leader} else None
 
     def wait_for_leader(self, timeout_s: float = 20.0, among: list[str] | None = None,
-                        agreed: bool = True) -> str:
+                        agreed: bool = False) -> str:
         """Poll until one node leads (and, with ``agreed``, every answering node of
         ``among`` knows it); raise TimeoutError after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s

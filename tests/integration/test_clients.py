@@ -29,7 +29,7 @@ def redis_cli(cluster, node_id, *args, tls=True):
 
 
 def test_redis_cli_over_tls_and_plaintext(cluster, redis_tools):
-    leader = cluster.wait_for_leader()
+    leader = cluster.wait_for_leader(agreed=True)
     assert redis_cli(cluster, leader, "SET", "greeting", "hello") == ("OK", 0)
     follower = next(n for n in cluster.nodes if n != leader)
     assert redis_cli(cluster, follower, "GET", "greeting") == ("hello", 0)
@@ -40,7 +40,7 @@ def test_redis_cli_over_tls_and_plaintext(cluster, redis_tools):
 
 
 def test_redis_benchmark_runs_without_errors(cluster, redis_tools):
-    leader = cluster.wait_for_leader()
+    leader = cluster.wait_for_leader(agreed=True)
     spec = cluster.nodes[leader]
     out = subprocess.run(
         ["redis-benchmark", "-h", cluster.host, "-p", str(spec.plain_port), "-t", "set,get",
@@ -69,7 +69,7 @@ def telnet_lines(host, port, lines, expect_replies, timeout_s=30.0):
 
 
 def test_telnet_style_inline_commands(cluster):
-    leader = cluster.wait_for_leader()
+    leader = cluster.wait_for_leader(agreed=True)
     spec = cluster.nodes[leader]
     data = telnet_lines(cluster.host, spec.plain_port,
                         [b"PING", b'SET "spaced key" "a value"', b"GET 'spaced key'",
@@ -78,7 +78,7 @@ def test_telnet_style_inline_commands(cluster):
 
 
 def test_bad_input_gets_an_error_and_the_node_keeps_serving(cluster):
-    leader = cluster.wait_for_leader()
+    leader = cluster.wait_for_leader(agreed=True)
     spec = cluster.nodes[leader]
     for junk in (b"*2000000000\r\n", b"*1\r\n$2000000000\r\n", b"\x00\xff\xfe garbage\r\n" * 3,
                  b"*1\r\n$abc\r\n", b"A" * (70 * 1024)):
@@ -104,7 +104,7 @@ def test_bad_input_gets_an_error_and_the_node_keeps_serving(cluster):
 
 
 def test_health_endpoint(cluster):
-    leader = cluster.wait_for_leader()
+    leader = cluster.wait_for_leader(agreed=True)
     spec = cluster.nodes[leader]
     with urllib.request.urlopen(f"http://{cluster.host}:{spec.http_port}/health",
                                 timeout=5) as r:
@@ -143,7 +143,7 @@ def tls_handshake(cluster, node_id, certfile=None, keyfile=None):
 
 def test_client_port_refuses_missing_foreign_and_expired_certificates(cluster, tmp_path):
     from kvraft import certs
-    leader = cluster.wait_for_leader()
+    leader = cluster.wait_for_leader(agreed=True)
     assert tls_handshake(cluster, leader, cluster.cert_dir / "client.pem",
                          cluster.cert_dir / "client-key.pem") == b"+PONG\r\n"
     other = tmp_path / "other-ca"

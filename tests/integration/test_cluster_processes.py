@@ -23,7 +23,7 @@ def poll(predicate, timeout_s=15.0, interval_s=0.05, what="condition"):
 
 
 def test_writes_and_linearizable_reads_through_leader_and_followers(cluster):
-    leader = cluster.wait_for_leader()
+    leader = cluster.wait_for_leader(agreed=True)
     clients = {n: cluster.redis(n) for n in cluster.nodes}
     assert clients[leader].set("k-leader", "v1") is True
     # A write sent to a follower is forwarded to the leader and answered once applied.
@@ -42,7 +42,7 @@ def test_writes_and_linearizable_reads_through_leader_and_followers(cluster):
 
 
 def test_leader_killed_new_leader_elected_and_old_one_catches_up(cluster):
-    old = cluster.wait_for_leader()
+    old = cluster.wait_for_leader(agreed=True)
     survivors = [n for n in cluster.nodes if n != old]
     cluster.redis(old).set("before", "1")
     cluster.kill(old)
@@ -67,7 +67,7 @@ def test_leader_killed_new_leader_elected_and_old_one_catches_up(cluster):
 
 
 def test_every_acknowledged_write_survives_killing_all_nodes(cluster):
-    leader = cluster.wait_for_leader()
+    leader = cluster.wait_for_leader(agreed=True)
     client = cluster.redis(leader)
     pipe_size = 100
     acknowledged = {}
