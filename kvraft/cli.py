@@ -10,6 +10,7 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
+    "bench": ("kvraft.bench", "benchmark a local or given cluster (JSON result, PNG chart)"),
     "certs": ("kvraft.certs", "create a cluster CA and node/client certificates"),
     "chaos": ("kvraft.testing.chaos.cli", "fault-test a real local cluster (Jepsen-style)"),
     "dev": ("kvraft.dev", "run a local 3-node cluster under ./var/dev (Ctrl-C stops it)"),

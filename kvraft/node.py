@@ -477,13 +477,19 @@ class RaftNodeService(Service):
             rd = core.ready()
             if rd.soft_state is not None:
                 self._on_soft_state(rd.soft_state)
-            # Entries at or below the durable index may be applied while this Ready's own
-            # entries are written; the rest wait for the write. Applied before sending, so
-            # the commit index the messages may announce is as high as it can be.
-            early, late = self._split_durable(rd.committed_entries)
-            self._apply(early)
+            # Order for a short critical path: a leader's MsgApps leave first (followers
+            # write in parallel), then it applies what is committed and durable here (so
+            # its clients' replies leave), then it writes. A follower writes and
+            # acknowledges before it applies: its acknowledgement is on the leader's
+            # critical path, its apply is not. Entries of this Ready wait for the write.
             if rd.messages:
                 self._send_messages(self._cap_commit(rd.messages))
+                self._flush_peers()
+            if self.role is Role.Leader or self.fsync_in_thread:
+                early, late = self._split_durable(rd.committed_entries)
+                self._apply(early)
+            else:
+                late = rd.committed_entries
             if rd.snapshot is not None and not rd.snapshot.is_empty():
                 self._install_snapshot(rd.snapshot)
             if rd.entries:
@@ -502,6 +508,12 @@ class RaftNodeService(Service):
                     d.addCallback(self._persisted, rd, late)
                     d.addErrback(self._storage_failed)
                     return
+                if self.role is Role.Leader:
+                    # Let the reactor read what arrived (acknowledgements that commit
+                    # earlier entries, heartbeat answers) before the disk blocks it: those
+                    # entries are applied and answered first (_write).
+                    self.reactor.callLater(0, self._write, rd, late)
+                    return
                 try:
                     self._persist(rd.hard_state, True)
                 except Exception:
@@ -515,11 +527,35 @@ class RaftNodeService(Service):
                 self.storage.stable.save_hard_state(rd.hard_state)
             self._finish(rd, late)
 
+    def _write(self, rd: Ready, late: list) -> None:
+        """The leader's deferred write of ``rd``: first what needs no durability of it
+        (``_send_early``), then the fsync, on the reactor thread."""
+        if not self._stopping:
+            try:
+                self._send_early()
+                self._flush_peers()
+            except Exception:
+                log.failure("unexpected error before a write; stopping the node")
+                self._halt()
+                return
+        try:
+            self._persist(rd.hard_state, True)
+        except Exception:
+            self._storage_failed(Failure())
+            return
+        self._persisted(None, rd, late)
+
     def _send_early(self) -> None:
-        """While a write is in flight: send what promises nothing durable (heartbeats
-        and their answers, new MsgApps, ReadIndex traffic) and serve confirmed reads,
-        instead of holding them behind the fsync (kvraft.raft: take_messages)."""
+        """While a write is in flight: apply what committed meanwhile and is durable
+        here, send what promises nothing durable (heartbeats and their answers, new
+        MsgApps, ReadIndex traffic) and serve confirmed reads, instead of holding them
+        behind the fsync (kvraft.raft.early). The outstanding Ready's committed entries
+        that were durable were applied when it was handed out, as take_committed_entries
+        requires."""
         core = self.core
+        entries = core.take_committed_entries()
+        if entries:
+            self._apply(entries)
         messages = core.take_messages()
         if messages:
             # An empty MsgApp only announces a commit index, which this node cannot apply
@@ -535,9 +571,9 @@ class RaftNodeService(Service):
             if now:
                 self._send_messages(self._cap_commit(now))
         read_states = core.take_read_states()
-        if read_states:
-            for read_state in read_states:
-                self._on_read_state(read_state.index, read_state.request_ctx)
+        for read_state in read_states:
+            self._on_read_state(read_state.index, read_state.request_ctx)
+        if read_states or entries:
             self._serve_reads()
 
     def _flush_peers(self) -> None:
@@ -547,18 +583,20 @@ class RaftNodeService(Service):
             flush()
 
     def _cap_commit(self, messages: list) -> list:
-        """Announce to followers no commit index beyond what this node has applied.
+        """Announce to followers no commit index beyond what is durable here.
 
         A quorum may commit entries the leader is still writing, and the leader applies
         them only once its own write is durable; a follower told of the commit at once
-        could apply (and answer a READONLY read or an admin command) ahead of the
-        leader. A lower commit index in a MsgApp or heartbeat is always safe: the next
-        one carries the rest."""
-        applied = self.machine.last_applied
+        could apply (and answer a READONLY read or an admin command) an fsync ahead of
+        the leader. Committed entries that are durable here are applied in the same
+        Ready the messages leave in. A lower commit index in a MsgApp or heartbeat is
+        always safe: the next one carries the rest.
+        """
+        durable = self._durable_index
         for m in messages:
-            if m.commit > applied and (m.type is MsgType.MsgApp
+            if m.commit > durable and (m.type is MsgType.MsgApp
                                        or m.type is MsgType.MsgHeartbeat):
-                m.commit = applied
+                m.commit = durable
         return messages
 
     def _send_messages(self, messages: list) -> None:

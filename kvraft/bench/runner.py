@@ -1,0 +1,180 @@
+"""One benchmark run: fill the key space if the workload reads, drive the load with the
+chosen driver, sample the nodes' CPU and memory once a second, and gather everything
+into one JSON-ready dict (the ``kvraft bench`` result format, ``result_version`` 1)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from kvraft.bench import loadgen, rbench
+from kvraft.bench.histogram import Histogram
+from kvraft.bench.procstat import ProcSampler, load_average
+
+result_version = 1
+fill_clients = 16
+fill_pipeline = 64
+
+
+@dataclass
+class RunOptions:
+    """One workload. ``requests`` ends the run, else ``duration_s`` (built-in only)."""
+
+    workload: str = "set"
+    driver: str = "auto"  # auto | redis-benchmark | builtin
+    clients: int = 50
+    pipeline: int = 1
+    requests: int = 100_000
+    duration_s: float = 0.0
+    value_bytes: int = 16
+    keyspace: int = 100_000
+    read_ratio: float = 0.9
+    procs: int = 0  # built-in generator processes; 0: one per 64 clients, up to the CPUs
+    fill: bool = True  # SET every key first when the workload reads
+    spread: bool = False  # built-in: connect to every node, not only the leader
+
+    def check(self) -> None:
+        """Raise ValueError naming the bad option."""
+        if self.workload not in ("set", "get", "get-readonly", "mixed"):
+            raise ValueError(f"unknown workload {self.workload!r}: use set, get, "
+                             "get-readonly or mixed")
+        if self.driver not in ("auto", "redis-benchmark", "builtin"):
+            raise ValueError(f"unknown driver {self.driver!r}: use auto, redis-benchmark "
+                             "or builtin")
+        if self.driver == "redis-benchmark" and (
+                self.workload not in rbench.test_names or self.spread):
+            raise ValueError(f"redis-benchmark cannot run {self.workload!r}"
+                             f"{' spread over nodes' if self.spread else ''}; use "
+                             "--driver builtin")
+        if self.driver == "redis-benchmark" and not self.requests:
+            raise ValueError("redis-benchmark needs --requests (it has no duration)")
+        if not self.requests and self.duration_s <= 0:
+            raise ValueError("give --requests or --duration")
+
+    def chosen_driver(self) -> str:
+        """The driver ``auto`` resolves to: redis-benchmark (C, cheap on the CPU) for
+        set and get to one node by request count, the built-in generator otherwise."""
+        if self.driver != "auto":
+            return self.driver
+        if (self.workload in rbench.test_names and not self.spread and self.requests
+                and rbench.available()):
+            return "redis-benchmark"
+        return "builtin"
+
+
+@dataclass
+class Target:
+    """Where to send the load, and which processes to watch."""
+
+    host: str
+    port: int
+    pids: dict[str, int] = field(default_factory=dict)
+    others: list[tuple[str, int]] = field(default_factory=list)  # every node's address
+    leader: str = ""
+
+
+def run(target: Target, opts: RunOptions,
+        progress: Callable[[str], None] | None = None) -> dict:
+    """Run ``opts`` against ``target``; the result dict (see ``result_version``)."""
+    opts.check()
+    driver = opts.chosen_driver()
+    fill_s = None
+    if opts.fill and opts.workload != "set":
+        fill_s = fill(target, opts.keyspace, opts.value_bytes, progress)
+    sampler = ProcSampler(target.pids)
+    sampler.sample()
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load_before = load_average()
+    started = time.monotonic()
+    last = [started, 0]
+
+    def on_tick(elapsed_s: float, done: int) -> None:
+        now = time.monotonic()
+        percents = sampler.sample(now - last[0])
+        rate = (done - last[1]) / (now - last[0]) if now > last[0] else 0.0
+        last[0], last[1] = now, done
+        if progress is not None:
+            nodes = "  ".join(
+                f"{name} {percents.get(name, 0):3.0f}% "
+                f"{sampler.stats[name].rss_last_kib / 1024:4.0f}MiB"
+                for name in sampler.stats)
+            progress(f"{opts.workload} {elapsed_s:6.1f}s {rate:>9,.0f} ops/s "
+                     f"{done:>11,} done | {nodes}")
+
+    if driver == "redis-benchmark":
+        rb = rbench.run(target.host, target.port, opts.workload, opts.clients, opts.pipeline,
+                        opts.requests, opts.value_bytes, opts.keyspace, on_tick)
+        hist, ok, errors, timeouts = rb.histogram, rb.requests, 0, 0
+        elapsed = rb.elapsed_s or (time.monotonic() - started)
+        throughput = rb.throughput
+        timeline = rb.timeline
+        command = rb.command
+        error_samples: list[str] = []
+    else:
+        spec = _load_spec(target, opts)
+        lr = loadgen.run(spec, on_tick)
+        hist, ok, errors, timeouts = lr.histogram, lr.ok, lr.errors, lr.timeouts
+        elapsed, throughput, timeline = lr.elapsed_s, lr.throughput, lr.timeline
+        command = ["builtin"] + [f"{k}={v}" for k, v in asdict(spec).items()
+                                 if k not in ("targets", "host", "port")]
+        error_samples = lr.error_samples
+    wall = time.monotonic() - started
+    sampler.sample(time.monotonic() - last[0])
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    generator_cpu = ((children_after.ru_utime + children_after.ru_stime)
+                     - (children_before.ru_utime + children_before.ru_stime))
+    return {
+        "result_version": result_version,
+        "workload": opts.workload, "driver": driver, "command": command,
+        "options": asdict(opts), "target": f"{target.host}:{target.port}",
+        "leader": target.leader,
+        "requests_ok": ok, "errors": errors, "timeouts": timeouts,
+        "error_samples": error_samples,
+        "elapsed_s": round(elapsed, 3), "throughput_ops": round(throughput, 1),
+        "latency_ms": hist.summary_ms(), "histogram": hist.to_dict(),
+        "timeline": timeline, "fill_s": fill_s,
+        "nodes": sampler.to_dict(wall),
+        "generator_cpu_s": round(generator_cpu, 3),
+        "machine": {"cpus": os.cpu_count(), "load_before": load_before,
+                    "load_after": load_average(), "python": sys.version.split()[0]},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def fill(target: Target, keyspace: int, value_bytes: int,
+         progress: Callable[[str], None] | None = None) -> float:
+    """SET every key of the key space once (pipelined); the seconds it took."""
+    spec = loadgen.LoadSpec(target.host, target.port, workload="fill",
+                            clients=min(fill_clients, keyspace), pipeline=fill_pipeline,
+                            value_bytes=value_bytes, keyspace=keyspace, requests=0,
+                            duration_s=0.0, procs=1)
+    started = time.monotonic()
+
+    def tick(elapsed_s: float, done: int) -> None:
+        if progress is not None:
+            progress(f"fill {elapsed_s:6.1f}s {done:>11,} of {keyspace:,} keys")
+
+    result = loadgen.run(spec, tick)
+    if result.errors or result.ok < keyspace:
+        raise RuntimeError(f"filling the key space failed: {result.ok} of {keyspace} keys "
+                           f"set, {result.errors} errors {result.error_samples}")
+    return round(time.monotonic() - started, 3)
+
+
+def _load_spec(target: Target, opts: RunOptions) -> loadgen.LoadSpec:
+    procs = opts.procs or max(1, min(os.cpu_count() or 1, (opts.clients + 63) // 64))
+    return loadgen.LoadSpec(
+        target.host, target.port, workload=opts.workload, clients=opts.clients,
+        pipeline=opts.pipeline, value_bytes=opts.value_bytes, keyspace=opts.keyspace,
+        read_ratio=opts.read_ratio, requests=opts.requests,
+        duration_s=opts.duration_s, procs=min(procs, opts.clients),
+        targets=list(target.others) if opts.spread else [])
+
+
+def histogram_of(result: dict) -> Histogram:
+    """The latency histogram of a result dict."""
+    return Histogram.from_dict(result["histogram"])

@@ -1,0 +1,121 @@
+"""``kvraft bench suite``: the targets of issue 7 against one cluster, one after another.
+
+Every test is a ``kvraft bench run`` with fixed options; the suite writes each test's
+JSON and chart plus ``suite.json`` with a verdict per target. The targets assume a quiet
+2-core machine: ``machine.load_before`` in each result says how quiet it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvraft.bench import cli, runner
+from kvraft.bench.runner import RunOptions
+
+
+@dataclass(frozen=True)
+class Check:
+    """A target: ``metric`` (a dotted path into the result) compared with ``bound``."""
+
+    metric: str
+    op: str  # ">=" or "<="
+    bound: float
+
+    def value(self, result: dict) -> float:
+        node = result
+        for part in self.metric.split("."):
+            node = node[part]
+        return float(node)
+
+    def passed(self, result: dict) -> bool:
+        value = self.value(result)
+        return value >= self.bound if self.op == ">=" else value <= self.bound
+
+    def describe(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+
+@dataclass(frozen=True)
+class Test:
+    """One suite entry."""
+
+    name: str
+    options: RunOptions
+    checks: tuple[Check, ...] = ()
+    note: str = ""
+
+
+def tests(quick: bool) -> list[Test]:
+    """The suite; ``quick`` runs about a fifth of the requests (a smoke run)."""
+    scale = 5 if quick else 1
+
+    def n(count: int) -> int:
+        return max(1000, count // scale)
+
+    return [
+        Test("set-pipelined", RunOptions("set", clients=50, pipeline=16, requests=n(1_000_000)),
+             (Check("throughput_ops", ">=", 100_000),),
+             "redis-benchmark -t set -c 50 -P 16 -d 16"),
+        Test("set", RunOptions("set", clients=50, requests=n(200_000)),
+             (Check("throughput_ops", ">=", 25_000),), "redis-benchmark -t set -c 50 -d 16"),
+        Test("get", RunOptions("get", clients=50, requests=n(300_000)),
+             (Check("throughput_ops", ">=", 30_000),),
+             "redis-benchmark -t get -c 50 -d 16 (linearizable reads)"),
+        Test("latency-c10", RunOptions("set", clients=10, requests=n(50_000)),
+             (Check("latency_ms.p50", "<=", 1.0), Check("latency_ms.p99", "<=", 5.0)),
+             "redis-benchmark -t set -c 10 -d 16"),
+        Test("get-readonly", RunOptions("get-readonly", clients=50, requests=n(300_000),
+                                        driver="builtin"), (),
+             "built-in generator, READONLY reads from the leader's state"),
+        Test("mixed-90-10", RunOptions("mixed", clients=50, requests=n(200_000),
+                                       driver="builtin"), (),
+             "built-in generator, 90% GET / 10% SET"),
+    ]
+
+
+def main(argv: list[str]) -> int:
+    """``kvraft bench suite``."""
+    parser = argparse.ArgumentParser(prog="kvraft bench suite",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a fifth of the requests")
+    parser.add_argument("--only", action="append", default=[], metavar="TEST",
+                        help="run only this test (repeatable): "
+                        + ", ".join(t.name for t in tests(False)))
+    cli.add_cluster_options(parser)
+    cli.add_output_options(parser, "suite")
+    args = parser.parse_args(argv)
+    chosen = [t for t in tests(args.quick) if not args.only or t.name in args.only]
+    if not chosen:
+        print("kvraft bench suite: no such test", file=sys.stderr)
+        return 2
+    progress = cli.Progress(args.quiet)
+    report = {"tests": []}
+    try:
+        with cli.cluster_target(args, progress) as target:
+            for test in chosen:
+                progress(f"{test.name}: {test.note} ...")
+                result = runner.run(target, test.options, progress)
+                progress.done()
+                result["test"] = test.name
+                result["checks"] = [{"target": c.describe(), "value": c.value(result),
+                                     "passed": c.passed(result)} for c in test.checks]
+                cli.save(result, args.out, f"{args.name}-{test.name}", not args.no_chart)
+                report["tests"].append({k: v for k, v in result.items()
+                                        if k not in ("histogram", "timeline")})
+                print(f"== {test.name}: {test.note}")
+                print(cli.summary(result))
+                for check in result["checks"]:
+                    verdict = "met" if check["passed"] else "MISSED"
+                    print(f"  target {check['target']}: {check['value']:g} {verdict}")
+    except (OSError, RuntimeError, TimeoutError) as e:
+        progress.done()
+        print(f"kvraft bench suite: {e}", file=sys.stderr)
+        return 1
+    out = Path(args.out) / f"{args.name}.json"
+    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(f"suite result: {out}")
+    return 0
