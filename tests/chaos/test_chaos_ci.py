@@ -1,4 +1,4 @@
-"""Chaos runs of real clusters: the CI profile (in the default run, about 2.5 minutes),
+"""Chaos runs of real clusters: the CI profile (in the default run, about 3 minutes),
 the negative control (stale READONLY reads must be rejected), and the long profile
 (5 nodes, 30 minutes of faults; ``--runslow``).
 
