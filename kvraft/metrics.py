@@ -248,6 +248,22 @@ class MeteredBackend:
         self._reads = metrics.by_route["read"]
         self._writes = metrics.by_route["write"]
         self._admins = metrics.by_route["admin"]
+        # Offer the backend's Deferred-free fast path only if it has one (the client
+        # port looks for these attributes).
+        if callable(getattr(backend, "submit_write", None)):
+            self.submit_write = self._submit_write
+        if callable(getattr(backend, "submit_read", None)):
+            self.submit_read = self._submit_read
+
+    def _submit_write(self, command: list, done, token) -> None:
+        """Count, then ``backend.submit_write`` (refusals are counted by the node)."""
+        self._writes[command[0]] += 1
+        self.backend.submit_write(command, done, token)
+
+    def _submit_read(self, command: list, linearizable: bool, done, token) -> None:
+        """Count, then ``backend.submit_read``."""
+        self._reads[command[0]] += 1
+        self.backend.submit_read(command, linearizable, done, token)
 
     @property
     def node_id(self) -> str:

@@ -564,3 +564,34 @@ def test_stopping_a_follower_or_a_lonely_leader_does_not_wait(ops):
     hand_off_leadership(ops.nodes[leader], ops.clock, 0.5).addBoth(out.append)
     ops.run(0.6)
     assert out == [None]
+
+
+def test_metered_backend_passes_the_fast_path_through_and_counts_it():
+    class FastNode:
+        node_id = "n1"
+
+        def __init__(self):
+            self.calls = []
+
+        def submit_write(self, command, done, token):
+            self.calls.append(("write", command))
+            done(token, b"w")
+
+        def submit_read(self, command, linearizable, done, token):
+            self.calls.append(("read", command, linearizable))
+            done(token, b"r")
+
+    node, commands = FastNode(), CommandMetrics()
+    backend = MeteredBackend(node, commands)
+    answers = []
+    backend.submit_write([b"SET", b"k", b"v"], lambda token, r: answers.append((token, r)), 1)
+    backend.submit_read([b"GET", b"k"], False, lambda token, r: answers.append((token, r)), 2)
+    assert answers == [(1, b"w"), (2, b"r")]
+    assert node.calls == [("write", [b"SET", b"k", b"v"]), ("read", [b"GET", b"k"], False)]
+    assert commands.by_route["write"][b"SET"] == 1 and commands.by_route["read"][b"GET"] == 1
+
+    class SlowNode:
+        node_id = "n1"
+
+    plain = MeteredBackend(SlowNode(), CommandMetrics())
+    assert not hasattr(plain, "submit_write") and not hasattr(plain, "submit_read")
