@@ -108,6 +108,12 @@ class _Batch:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def add(self, command, done: Callable[[Any, object], None], token: Any) -> None:
+        """Queue one request: ``done(token, result)`` answers it."""
+        self.commands.append(command)
+        self.dones.append(done)
+        self.tokens.append(token)
+
 
 def _fire(d: defer.Deferred, result: object) -> None:
     """The ``done`` of the Deferred-returning IClientBackend calls."""
@@ -360,9 +366,7 @@ class RaftNodeService(Service):
                 f"too many writes in flight ({pending_writes_max}); retry shortly"))
             return
         batch = self._writes
-        batch.commands.append(command)
-        batch.dones.append(done)
-        batch.tokens.append(token)
+        batch.add(command, done, token)
         self._pending_writes += 1
         if len(batch.commands) >= self.batch_commands_max:
             self._flush_writes()
@@ -380,9 +384,7 @@ class RaftNodeService(Service):
                 f"too many reads in flight ({pending_reads_max}); retry shortly"))
             return
         batch = self._reads
-        batch.commands.append(command)
-        batch.dones.append(done)
-        batch.tokens.append(token)
+        batch.add(command, done, token)
         self._pending_reads += 1
         if self._scheduled is None:
             self._schedule()

@@ -69,6 +69,10 @@ class Workload:
         for client in self.clients:
             client.join(timeout=30)
 
+    def ok_count(self) -> int:
+        """Operations completed ok so far."""
+        return sum(1 for r in self.history.snapshot() if r["type"] == "ok")
+
     def check(self) -> dict:
         history = self.history.snapshot()
         for client in self.clients:
@@ -165,7 +169,9 @@ def test_grow_replace_shrink_and_transfer_under_load(cluster):
             leader = target
         out = cli(cluster, live, "leader", "transfer")
         assert "leads now" in out
-        time.sleep(1.0)
+        # The workload keeps being served under the last leader (a poll, not a pause).
+        done = load.ok_count()
+        poll(lambda: load.ok_count() >= done + 20, 10, "operations after the last transfer")
     result = load.check()
     assert result["ok"] > 200, result
     listing = cli(cluster, live, "member", "list")
