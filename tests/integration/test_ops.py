@@ -108,7 +108,7 @@ def attempt(client, kind: str):
 
 
 def test_acl_matrix_with_real_tls_clients(acl_cluster):
-    leader = acl_cluster.wait_for_leader()
+    leader = acl_cluster.wait_for_leader(agreed=True)
     denied_before = metric(acl_cluster, leader, "kvraft_client_denied_total",
                            **{"class": "write"}) or 0
     results = {}
@@ -128,7 +128,7 @@ def test_acl_matrix_with_real_tls_clients(acl_cluster):
 
 
 def test_tls_refusals_are_counted_by_port_and_reason(acl_cluster, tmp_path):
-    leader = acl_cluster.wait_for_leader()
+    leader = acl_cluster.wait_for_leader(agreed=True)
     spec = acl_cluster.nodes[leader]
     other = tmp_path / "other-ca"
     certs.init_ca(other)
@@ -150,7 +150,7 @@ def test_tls_refusals_are_counted_by_port_and_reason(acl_cluster, tmp_path):
 
 
 def test_metrics_of_a_real_node(acl_cluster):
-    leader = acl_cluster.wait_for_leader()
+    leader = acl_cluster.wait_for_leader(agreed=True)
     client = acl_cluster.redis(leader, identity="writer")
     before = metric(acl_cluster, leader, "kvraft_commit_index")
     for i in range(10):
@@ -180,7 +180,7 @@ def test_log_lines_are_json_with_node_and_term(acl_cluster):
 
 
 def test_health_default_and_serializable_when_a_majority_is_gone(cluster):
-    leader = cluster.wait_for_leader()
+    leader = cluster.wait_for_leader(agreed=True)
     for node_id in cluster.nodes:
         for path in ("/health", "/health?serializable=1"):
             status, body = http_get(cluster, node_id, path)
@@ -198,7 +198,7 @@ def test_health_default_and_serializable_when_a_majority_is_gone(cluster):
 
 
 def test_certificate_rotation_on_sighup_keeps_the_cluster_serving(cluster):
-    leader = cluster.wait_for_leader()
+    leader = cluster.wait_for_leader(agreed=True)
     term = cluster.info(leader)["raft_term"]
     client = cluster.redis(leader)
     client.set("before", "rotation")
