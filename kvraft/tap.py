@@ -190,5 +190,8 @@ def make_node_services(config, reactor=None, twistd_options=None) -> service.Mul
 
 
 def makeService(options) -> service.MultiService:
-    """twistd's hook: the node's service tree."""
+    """twistd's hook: the node's service tree, on ``kvraft.reactor.KvraftReactor`` unless
+    twistd's ``--reactor`` chose another."""
+    from kvraft import reactor as kvraft_reactor
+    kvraft_reactor.install_unless_chosen()
     return make_node_services(options["loaded"], twistd_options=getattr(options, "parent", None))

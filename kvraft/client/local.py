@@ -32,6 +32,7 @@ from kvraft.client.commands import (
 from kvraft.client.errors import InvalidCommandError
 from kvraft.client.resp import NIL, NULL, OK, PONG, RespMap, encode_reply
 from kvraft.results import Status
+from kvraft.reactor import multiplexing_api
 
 if TYPE_CHECKING:
     from kvraft.client.server import ClientProtocol
@@ -311,6 +312,7 @@ def render_info(conn: ClientProtocol, sections: list[str]) -> str:
         if section == "server":
             fields = {"redis_version": REDIS_COMPAT_VERSION,
                       "kvraft_version": kvraft.__version__, "redis_mode": "standalone",
+                      "multiplexing_api": multiplexing_api(factory.clock),
                       "process_id": factory.process_id, "tcp_port": port,
                       "uptime_in_seconds": uptime_s, "uptime_in_days": uptime_s // 86400,
                       "node_id": factory.backend.node_id, **extra}

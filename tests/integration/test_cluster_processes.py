@@ -39,6 +39,8 @@ def test_writes_and_linearizable_reads_through_leader_and_followers(cluster):
     info = clients[follower].info("raft")
     assert info["raft_leader_id"] == leader
     assert info["raft_role"] == "follower"
+    # twistd kvraft runs on kvraft.reactor unless --reactor chose another.
+    assert clients[leader].info("server")["multiplexing_api"] == "kvraft-epoll"
 
 
 def test_leader_killed_new_leader_elected_and_old_one_catches_up(cluster):
