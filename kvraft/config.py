@@ -96,6 +96,7 @@ class Config:
     join: bool = False
     preferred_leader: str = ""
     snapshots_retained: int = 2
+    fsync_in_thread: bool = False
     log_format: str = "text"
     acl: dict[str, str] = field(default_factory=dict)
     source: Path | None = None
@@ -246,8 +247,9 @@ def from_dict(doc: dict, base: Path | None = None) -> Config:
     storage = _Section(doc, "storage")
     backend = storage.get("backend", str, "wal")
     snapshots_retained = storage.positive("snapshots_retained", 2)
+    fsync_in_thread = storage.get("fsync_in_thread", bool, False)
     storage_options = {k: storage.raw[k] for k in storage.raw
-                       if k not in ("backend", "snapshots_retained")}
+                       if k not in ("backend", "snapshots_retained", "fsync_in_thread")}
     storage.used.update(storage_options)
     storage.finish()
     machine = _Section(doc, "state_machine")
@@ -270,7 +272,8 @@ def from_dict(doc: dict, base: Path | None = None) -> Config:
         storage_backend=backend, storage_options=storage_options,
         state_machine_plugin=plugin, state_machine_options=machine_options,
         cluster_name=cluster_name, join=join, preferred_leader=preferred,
-        snapshots_retained=snapshots_retained, log_format=log_format, acl=acl)
+        snapshots_retained=snapshots_retained, fsync_in_thread=fsync_in_thread,
+        log_format=log_format, acl=acl)
 
 
 def _section_client(doc: dict) -> ClientSettings:

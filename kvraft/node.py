@@ -15,7 +15,7 @@ one batch). Measured on a busy 2-core machine, handing it to a writer thread cos
 than it saved: a thread hop and a GIL handoff each way per batch (about 15 us of leader
 CPU per client write at 50 unpipelined clients, and as much latency), while requests
 that arrive during the fsync wait in the kernel and make the next batch larger anyway.
-``fsync_in_thread=True`` keeps the reactor serving while the disk works (heartbeats go
+``fsync_in_thread=True`` (configuration key ``storage.fsync_in_thread``) keeps the reactor serving while the disk works (heartbeats go
 on during a disk stall of seconds); then the core keeps taking proposals, messages and
 ticks meanwhile but hands out no new Ready: everything that arrives goes into the next
 Ready (group commit), while what promises nothing durable leaves at once
@@ -147,8 +147,10 @@ class RaftNodeService(Service):
     name = "raft-node"
 
     def __init__(self, config, storage, machine, transport, reactor=None,
-                 rng_seed: int | None = None, fsync_in_thread: bool = False):
+                 rng_seed: int | None = None, fsync_in_thread: bool | None = None):
         from twisted.internet import reactor as default_reactor
+        if fsync_in_thread is None:
+            fsync_in_thread = getattr(config, "fsync_in_thread", False)
         self.fsync_in_thread = fsync_in_thread
         self.config = config
         self.node_id = config.node_id

@@ -23,6 +23,15 @@ def test_defaults():
     assert config.raft.snapshot_bytes == 128 << 20
     assert config.raft.compaction_margin_entries == 10_000
     assert config.snapshots_retained == 2 and config.preferred_leader == ""
+    assert config.fsync_in_thread is False
+
+
+def test_fsync_in_thread_is_the_node_s_not_the_backend_s():
+    # tests/bench/test_node_submit.py runs its nodes both ways through this key.
+    config = from_dict(doc(storage={"fsync_in_thread": True}))
+    assert config.fsync_in_thread is True and config.storage_options == {}
+    with pytest.raises(ConfigError, match="storage.fsync_in_thread: expected bool"):
+        from_dict(doc(storage={"fsync_in_thread": "yes"}))
 
 
 def test_snapshots_retained_is_not_passed_to_the_storage_backend():

@@ -28,9 +28,9 @@ class Answers:
 
 @pytest.fixture(params=["fsync-inline", "fsync-in-thread"])
 def cluster(tmp_path, request):
-    c = NodeCluster(tmp_path, size=3)
-    for node in c.nodes.values():
-        node.fsync_in_thread = request.param == "fsync-in-thread"
+    in_thread = request.param == "fsync-in-thread"
+    c = NodeCluster(tmp_path, size=3, storage={"fsync_in_thread": in_thread})
+    assert all(n.fsync_in_thread is in_thread for n in c.nodes.values())
     c.run_until(lambda: any(n.role == Role.Leader for n in c.nodes.values()),
                 what="a leader")
     yield c
