@@ -15,11 +15,11 @@ one batch). Measured on a busy 2-core machine, handing it to a writer thread cos
 than it saved: a thread hop and a GIL handoff each way per batch (about 15 us of leader
 CPU per client write at 50 unpipelined clients, and as much latency), while requests
 that arrive during the fsync wait in the kernel and make the next batch larger anyway.
-``fsync_in_thread=True`` (configuration key ``storage.fsync_in_thread``) keeps the reactor serving while the disk works (heartbeats go
-on during a disk stall of seconds); then the core keeps taking proposals, messages and
-ticks meanwhile but hands out no new Ready: everything that arrives goes into the next
-Ready (group commit), while what promises nothing durable leaves at once
-(``take_messages``).
+``fsync_in_thread=True`` (configuration key ``storage.fsync_in_thread``) keeps the reactor
+serving while the disk works (heartbeats go on during a disk stall of seconds); then the
+core keeps taking proposals, messages and ticks meanwhile but hands out no new Ready:
+everything that arrives goes into the next Ready (group commit), while what promises
+nothing durable leaves at once (``take_messages``).
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ from kvraft.client.commands import (
 )
 from kvraft.client.errors import InvalidCommandError
 from kvraft.client.resp import NIL, NULL, OK, PONG, RespMap, encode_reply
-from kvraft.results import Status
 from kvraft.reactor import multiplexing_api
+from kvraft.results import Status
 
 if TYPE_CHECKING:
     from kvraft.client.server import ClientProtocol
