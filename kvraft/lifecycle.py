@@ -85,7 +85,8 @@ class NodeRoot(MultiService):
     ``node``, ``clock`` and ``handoff_timeout_s`` drive the stop described in the module
     docstring. When twistd adopts it (``setServiceParent(application)``) and
     ``twistd_options`` are known, it installs the node's log observer
-    (``kvraft.logs.install``) with ``log_format``."""
+    (``kvraft.logs.install``) with ``log_format``, and once its children have started (the
+    node's state is loaded) it tunes the garbage collector (``kvraft.runtime.tune_gc``)."""
 
     def __init__(self, clock=None, handoff_timeout_s: float = 2.0, log_format: str = "text",
                  twistd_options: dict | None = None):
@@ -102,6 +103,14 @@ class NodeRoot(MultiService):
             from kvraft import logs
             logs.install(parent, self.twistd_options, self.log_format)
         return super().setServiceParent(parent)
+
+    def startService(self):
+        super().startService()
+        if self.twistd_options is not None:  # a node process, not a test's reactor
+            from kvraft import runtime
+            runtime.tune_gc()
+            log.info("garbage collector: startup state frozen, thresholds {thresholds}",
+                     thresholds=runtime.gc.get_threshold())
 
     def stopService(self):
         if self.node is None or self.clock is None:

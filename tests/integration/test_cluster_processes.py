@@ -41,6 +41,8 @@ def test_writes_and_linearizable_reads_through_leader_and_followers(cluster):
     assert info["raft_role"] == "follower"
     # twistd kvraft runs on kvraft.reactor unless --reactor chose another.
     assert clients[leader].info("server")["multiplexing_api"] == "kvraft-epoll"
+    # ...and, once its state is loaded, freezes it and raises the collector's thresholds.
+    assert "garbage collector: startup state frozen" in cluster.tail_log(leader, lines=400)
 
 
 def test_leader_killed_new_leader_elected_and_old_one_catches_up(cluster):
