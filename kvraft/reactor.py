@@ -15,6 +15,15 @@ errors from ``doRead``/``doWrite`` and disconnects the descriptor, as before. Wh
 the legacy ``system`` log field (``ClientProtocol,4,127.0.0.1``) on events logged while
 handling a read; kvraft's log observer (``kvraft.logs``) never used it.
 
+A second difference: writers are registered with epoll lazily. ``transport.write`` asks the
+reactor to watch the socket for writability (``epoll_ctl``), and once the buffer is sent the
+transport asks it to stop (``epoll_ctl`` again): two system calls and their Python around
+every small write, for a socket that was writable all along. ``KvraftReactor`` first only
+notes the writer; before it polls, and again after handling the descriptors a poll returned,
+it lets every noted writer write. Only a writer whose data the kernel did not take in full is
+registered with epoll, and from then on it is watched as before. Several writes to one socket
+in one turn leave in one ``send``.
+
 ``twistd kvraft`` installs this reactor unless ``--reactor``/``-r`` chose another one
 (``twistd -r kvraft ...`` names it explicitly; ``twistd --help-reactors`` lists it). INFO
 server reports the running one as ``multiplexing_api``.
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import sys
+from select import EPOLLOUT as _EPOLLOUT
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.logger import Logger
@@ -35,11 +45,55 @@ MULTIPLEXING_API = "kvraft-epoll"
 
 
 class KvraftReactor(EPollReactor):
-    """``EPollReactor`` without the per-event logging context."""
+    """``EPollReactor`` without the per-event logging context, registering writers lazily."""
 
     multiplexing_api = MULTIPLEXING_API
 
+    def __init__(self):
+        self._noted_writers: dict = {}
+        """Writers that asked to write since the last flush and are not watched by epoll
+        (a dict as an insertion-ordered set: they write in the order they asked)."""
+        super().__init__()
+
+    def addWriter(self, writer):
+        if writer in self._noted_writers or writer.fileno() in self._writes:
+            return
+        self._noted_writers[writer] = None
+
+    def removeWriter(self, writer):
+        if writer in self._noted_writers:
+            del self._noted_writers[writer]
+            return
+        super().removeWriter(writer)
+
+    def getWriters(self):
+        return super().getWriters() + list(self._noted_writers)
+
+    def removeAll(self):
+        noted = list(self._noted_writers)
+        self._noted_writers.clear()
+        removed = super().removeAll()
+        return removed + [w for w in noted if w not in removed]
+
+    def _flush_noted_writers(self) -> None:
+        """Let every noted writer write now; watch those the kernel did not drain."""
+        noted = self._noted_writers
+        handle = self._doReadOrWrite
+        for writer in list(noted):
+            if writer not in noted:
+                continue  # stopped writing (or was disconnected) meanwhile
+            try:
+                handle(writer, writer.fileno(), _EPOLLOUT)
+            except Exception:
+                log.failure("unhandled error writing {selectable!r}; the reactor goes on",
+                            selectable=writer)
+            if writer in noted:  # it still has data: wait for writability as usual
+                del noted[writer]
+                super().addWriter(writer)
+
     def doPoll(self, timeout):
+        if self._noted_writers:
+            self._flush_noted_writers()
         if timeout is None:
             timeout = -1  # block until something is ready or a timed call is due
         try:
@@ -59,6 +113,8 @@ class KvraftReactor(EPollReactor):
             except Exception:
                 log.failure("unhandled error handling {selectable!r} (fd {fd}); "
                             "the reactor goes on", selectable=selectable, fd=fd)
+        if self._noted_writers:
+            self._flush_noted_writers()  # replies written by those handlers leave now
 
     doIteration = doPoll
 

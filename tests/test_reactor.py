@@ -161,3 +161,120 @@ def test_twistd_finds_it_by_name():
         "reactors.installReactor('kvraft')\n"
         "from twisted.internet import reactor\n"
         "print(type(reactor).__name__)\n") == ["['kvraft']", "KvraftReactor"]
+
+
+class Spy(protocol.Protocol):
+    """Echoes in upper case, then writes ``extra`` and, if ``close``, hangs up."""
+
+    extra = b""
+    close = False
+
+    def connectionMade(self):
+        self.factory.connections.append(self)
+
+    def dataReceived(self, data):
+        self.transport.write(data.upper())
+        self.transport.write(self.extra)
+        if self.close:
+            self.transport.loseConnection()
+
+
+def serve(reactor, **attributes):
+    factory = protocol.Factory.forProtocol(Spy)
+    factory.connections = []
+    for name, value in attributes.items():
+        setattr(Spy, name, value)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    client.setblocking(False)
+    iterate_until(reactor, lambda: factory.connections)
+    return port, client, factory.connections[0]
+
+
+def drain(reactor, client, want: int, timeout_s=10.0) -> bytes:
+    got = bytearray()
+
+    def more():
+        try:
+            chunk = client.recv(1 << 20)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            return True
+        got.extend(chunk)
+        return len(got) >= want
+    iterate_until(reactor, more, timeout_s)
+    return bytes(got)
+
+
+@pytest.fixture
+def spy_defaults():
+    yield
+    Spy.extra, Spy.close = b"", False
+
+
+def test_small_writes_leave_without_epoll_ever_watching_the_socket(kv_reactor, spy_defaults):
+    port, client, server = serve(kv_reactor, extra=b"!")
+    watched = []
+    real_add = type(kv_reactor).__mro__[1].addWriter
+    type(kv_reactor).__mro__[1].addWriter = lambda self, w: (watched.append(w),
+                                                              real_add(self, w))
+    try:
+        for _ in range(3):
+            client.sendall(b"ping")
+            assert drain(kv_reactor, client, 5) == b"PING!"  # two writes, one reply
+        assert watched == [] and not kv_reactor._writes
+        assert server.transport not in kv_reactor.getWriters()
+    finally:
+        type(kv_reactor).__mro__[1].addWriter = real_add
+        client.close()
+        port.stopListening()
+
+
+def test_a_write_the_kernel_cannot_take_at_once_is_watched_until_sent(kv_reactor,
+                                                                      spy_defaults):
+    big = b"x" * (16 << 20)  # far beyond loopback socket buffers
+    port, client, server = serve(kv_reactor, extra=big)
+    try:
+        client.sendall(b"go")
+        iterate_until(kv_reactor, lambda: kv_reactor._writes)  # now epoll watches it
+        assert server.transport in kv_reactor.getWriters()
+        data = drain(kv_reactor, client, 2 + len(big), timeout_s=30)
+        assert data == b"GO" + big
+        iterate_until(kv_reactor, lambda: not kv_reactor._writes)
+    finally:
+        client.close()
+        port.stopListening()
+
+
+def test_lose_connection_after_a_write_sends_it_then_closes(kv_reactor, spy_defaults):
+    port, client, server = serve(kv_reactor, close=True)
+    try:
+        client.sendall(b"bye")
+        got = bytearray()
+
+        def closed():
+            try:
+                chunk = client.recv(100)
+            except BlockingIOError:
+                return False
+            got.extend(chunk)
+            return chunk == b""
+        iterate_until(kv_reactor, closed)
+        assert bytes(got) == b"BYE"
+        assert not server.transport.connected
+    finally:
+        client.close()
+        port.stopListening()
+
+
+def test_remove_all_includes_writers_not_yet_flushed(kv_reactor, spy_defaults):
+    port, client, server = serve(kv_reactor)
+    try:
+        server.transport.write(b"pending")  # noted, not flushed: no iteration ran
+        assert server.transport in kv_reactor.getWriters()
+        removed = kv_reactor.removeAll()
+        assert server.transport in removed and kv_reactor.getWriters() == []
+    finally:
+        client.close()
+        port.stopListening()
