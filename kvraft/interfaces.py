@@ -184,6 +184,21 @@ class IStateMachine(Interface):
         """Record the log index the state now reflects (after ``restore``)."""
 
 
+class IBatchStateMachine(IStateMachine):
+    """A state machine that can apply a log entry's whole batch in one call.
+
+    Optional: the node uses ``apply_batch`` when the machine provides this interface and
+    calls ``apply`` once per command otherwise. The results and the new state must be
+    exactly those of calling ``apply(index, command)`` for each command in order; the
+    point is only to pay the per-call overhead once per entry rather than once per
+    command.
+    """
+
+    def apply_batch(index: int, commands) -> list:
+        """Apply ``commands`` (the batch of the entry at log ``index``, in order) and
+        return their results, one per command."""
+
+
 class IStateMachinePlugin(Interface):
     """A state-machine plugin, found with ``twisted.plugin.getPlugins``."""
 

@@ -41,6 +41,7 @@ from zope.interface import implementer
 from kvraft.bootstrap import load_state
 from kvraft.client.backend import IClientBackend
 from kvraft.client.errors import NoLeaderError, OutcomeUnknownError, OverloadedError
+from kvraft.interfaces import IBatchStateMachine
 from kvraft.membership import Membership
 from kvraft.metrics import NodeMetrics
 from kvraft.raft import (
@@ -704,6 +705,7 @@ class RaftNodeService(Service):
     def _apply(self, entries: list) -> None:
         started = perf_counter()
         machine = self.machine
+        apply_batch = machine.apply_batch if IBatchStateMachine.providedBy(machine) else None
         unpack = msgpack.unpackb
         for entry in entries:
             if entry.type == EntryType.Normal and entry.data:
@@ -714,7 +716,10 @@ class RaftNodeService(Service):
                               index=entry.index)
                     machine.set_last_applied(entry.index)
                     continue
-                outcomes = [machine.apply(entry.index, command) for command in commands]
+                if apply_batch is not None:
+                    outcomes = apply_batch(entry.index, commands)
+                else:
+                    outcomes = [machine.apply(entry.index, command) for command in commands]
                 if not commands:
                     machine.set_last_applied(entry.index)
                 if origin == self._origin:

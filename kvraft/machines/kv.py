@@ -54,7 +54,7 @@ from itertools import islice
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from kvraft.interfaces import IStateMachine
+from kvraft.interfaces import IBatchStateMachine, IStateMachine
 from kvraft.machines.keypattern import KeyPattern
 from kvraft.machines.keyspace import KeySpace
 from kvraft.machines.kv_snapshot import REVISION_BYTES, KvSnapshotView, read_snapshot
@@ -79,6 +79,9 @@ _pack_revision = struct.Struct(">Q").pack
 _unpack_revision = struct.Struct(">Q").unpack_from
 # Redis's string2ll: no sign but '-', no leading zeros, no spaces, at most 20 bytes.
 _INTEGER = re.compile(rb"(?:-?[1-9][0-9]{0,19}|0)\Z")
+_PLAIN_SET = frozenset((b"SET", b"set"))
+"""Spellings of SET that ``apply_batch`` recognises without the command table (any other
+spelling still works, through it)."""
 _EXPIRY_OPTIONS = frozenset((b"EX", b"PX", b"EXAT", b"PXAT", b"KEEPTTL"))
 _FLUSH_MODES = frozenset((b"ASYNC", b"SYNC"))
 _ARG_ECHO_CHARS = 128
@@ -163,7 +166,7 @@ def _resolve(command: object) -> CommandSpec | CommandError:
     return spec
 
 
-@implementer(IStateMachine)
+@implementer(IStateMachine, IBatchStateMachine)
 class KvStateMachine:
     """The ``kv`` machine (provides ``IStateMachine``); see the module docstring.
 
@@ -223,6 +226,35 @@ class KvStateMachine:
         if type(spec) is CommandError:
             return spec
         return self._run(spec, command)
+
+    def apply_batch(self, index: int, commands: list) -> list:
+        """Apply every command of the entry at ``index`` in order; their results
+        (``IBatchStateMachine``: the same as ``apply`` per command, once per entry).
+
+        The common write, a plain ``SET key value``, skips the command table: it always
+        succeeds, stores the value under a new revision and answers OK."""
+        if index < self.last_applied:
+            raise ValueError(
+                f"apply_batch(index={index}) after last_applied={self.last_applied}: "
+                "entries must be applied in log order (a bug in the caller)")
+        self.last_applied = index
+        keys = self._keys
+        keys.thaw_if_released()
+        put = keys.put
+        run = self._run
+        results = []
+        append = results.append
+        for command in commands:
+            if (type(command) is list and len(command) == 3 and command[0] in _PLAIN_SET
+                    and type(key := command[1]) is bytes
+                    and type(value := command[2]) is bytes):
+                self._revision += 1
+                put(key, _pack_revision(self._revision) + value)
+                append(OK)
+                continue
+            spec = _resolve(command)
+            append(spec if type(spec) is CommandError else run(spec, command))
+        return results
 
     def query(self, command: object) -> object:
         """Answer a read command from the current state, changing nothing."""

@@ -4,7 +4,7 @@ that bad input returns an error instead of raising."""
 import pytest
 from zope.interface.verify import verifyObject
 
-from kvraft.interfaces import IStateMachine
+from kvraft.interfaces import IBatchStateMachine, IStateMachine
 from kvraft.machines import kv
 from kvraft.machines.kv import COMMANDS, INT64_MAX, INT64_MIN, CommandSpec, KvStateMachine
 from kvraft.results import OK, CommandError, Status
@@ -36,6 +36,7 @@ def run():
 
 def test_machine_provides_istatemachine():
     assert verifyObject(IStateMachine, KvStateMachine())
+    assert verifyObject(IBatchStateMachine, KvStateMachine())
 
 
 # -- GET / SET ----------------------------------------------------------------------------

@@ -5,14 +5,17 @@
 * determinism: a machine that takes (and holds, and drops) snapshot views along the way
   gives the same results and the same snapshot bytes as one that never does, and every
   view keeps showing the state of its moment;
-* no command, however malformed, makes ``apply`` or ``query`` raise.
+* no command, however malformed, makes ``apply`` or ``query`` raise;
+* ``apply_batch`` (one call per log entry) gives the results and the state of ``apply``
+  per command, with and without snapshot views held across batches.
 """
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvraft.machines.kv import INT64_MAX, KvStateMachine
-from kvraft.results import CommandError
+from kvraft.results import OK, CommandError
 
 _KEYS = st.sampled_from([b"a", b"b", b"c", b"n", b"", b"a*"])
 _VALUES = st.one_of(
@@ -31,6 +34,10 @@ def _command(name, *parts):
 
 _WRITES = st.one_of(
     _command(b"SET", _KEYS, _VALUES),
+    _command(b"set", _KEYS, _VALUES),
+    _command(b"SeT", _KEYS, _VALUES),
+    st.tuples(_KEYS, _VALUES).map(lambda kv: (b"SET", *kv)),  # a tuple, not a list
+    _command(b"SET", _KEYS, st.sampled_from([7, None, "text"])),
     _command(b"SET", _KEYS, _VALUES, st.sampled_from([b"NX", b"XX", b"GET", b"EX"])),
     _command(b"SET", _KEYS, _VALUES, st.just(b"IFEQ"), _VALUES),
     _command(b"SETNX", _KEYS, _VALUES),
@@ -116,3 +123,33 @@ def test_nothing_raises(command):
     result = machine.apply(2, command)
     assert result is None or isinstance(result, bytes | int | list | str | CommandError)
     machine.query(command)
+
+
+@settings(max_examples=150, deadline=None)
+@given(commands=_COMMANDS, data=st.data())
+def test_apply_batch_is_apply_per_command(commands, data):
+    one_by_one, batched = KvStateMachine(), KvStateMachine()
+    held = []
+    start, index = 0, 0
+    while start < len(commands):
+        size = data.draw(st.integers(1, 8), label="batch")
+        batch = commands[start:start + size]
+        start += size
+        index += 1
+        expected = [one_by_one.apply(index, command) for command in batch]
+        assert batched.apply_batch(index, batch) == expected
+        assert batched.last_applied == one_by_one.last_applied == index
+        if data.draw(st.booleans(), label="take a view"):
+            held.append(batched.snapshot())
+        elif held and data.draw(st.booleans(), label="drop a view"):
+            held.pop()
+    assert _body(batched) == _body(one_by_one)
+    assert batched.current_revision == one_by_one.current_revision
+
+
+def test_apply_batch_refuses_an_older_index():
+    machine = KvStateMachine()
+    assert machine.apply_batch(5, [[b"SET", b"k", b"v"], [b"GET", b"k"]]) == [OK, b"v"]
+    with pytest.raises(ValueError, match="log order"):
+        machine.apply_batch(4, [[b"SET", b"k", b"w"]])
+    assert machine.query([b"GET", b"k"]) == b"v"
