@@ -82,6 +82,8 @@ _INTEGER = re.compile(rb"(?:-?[1-9][0-9]{0,19}|0)\Z")
 _PLAIN_SET = frozenset((b"SET", b"set"))
 """Spellings of SET that ``apply_batch`` recognises without the command table (any other
 spelling still works, through it)."""
+_PLAIN_GET = frozenset((b"GET", b"get"))
+"""Spellings of GET that ``query`` answers without the command table."""
 _EXPIRY_OPTIONS = frozenset((b"EX", b"PX", b"EXAT", b"PXAT", b"KEEPTTL"))
 _FLUSH_MODES = frozenset((b"ASYNC", b"SYNC"))
 _ARG_ECHO_CHARS = 128
@@ -257,7 +259,12 @@ class KvStateMachine:
         return results
 
     def query(self, command: object) -> object:
-        """Answer a read command from the current state, changing nothing."""
+        """Answer a read command from the current state, changing nothing. The common
+        read, a plain ``GET key``, skips the command table."""
+        if (type(command) is list and len(command) == 2 and command[0] in _PLAIN_GET
+                and type(key := command[1]) is bytes):
+            item = self._keys.get(key)
+            return None if item is None else item[REVISION_BYTES:]
         spec = _resolve(command)
         if type(spec) is CommandError:
             return spec

@@ -153,3 +153,23 @@ def test_apply_batch_refuses_an_older_index():
     with pytest.raises(ValueError, match="log order"):
         machine.apply_batch(4, [[b"SET", b"k", b"w"]])
     assert machine.query([b"GET", b"k"]) == b"v"
+
+
+_GETS = st.one_of(
+    _command(b"GET", _KEYS), _command(b"get", _KEYS), _command(b"gEt", _KEYS),
+    st.tuples(st.just(b"GET"), _KEYS),  # a tuple, not a list
+    _command(b"GET", st.sampled_from([7, None, "a"])),
+    _command(b"GET", _KEYS, _KEYS),  # wrong arity
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(commands=_COMMANDS, reads=st.lists(_GETS, max_size=10))
+def test_query_answers_get_like_the_command_table(commands, reads):
+    from kvraft.machines import kv
+    machine = KvStateMachine()
+    _apply_all(machine, commands)
+    for command in reads:
+        spec = kv._resolve(command)
+        expected = spec if isinstance(spec, CommandError) else machine._run(spec, command)
+        assert machine.query(command) == expected
