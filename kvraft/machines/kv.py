@@ -247,7 +247,8 @@ class KvStateMachine:
         results = []
         append = results.append
         for command in commands:
-            if (type(command) is list and len(command) == 3 and command[0] in _PLAIN_SET
+            if (type(command) is list and len(command) == 3
+                    and type(name := command[0]) is bytes and name in _PLAIN_SET
                     and type(key := command[1]) is bytes
                     and type(value := command[2]) is bytes):
                 self._revision += 1
@@ -261,7 +262,8 @@ class KvStateMachine:
     def query(self, command: object) -> object:
         """Answer a read command from the current state, changing nothing. The common
         read, a plain ``GET key``, skips the command table."""
-        if (type(command) is list and len(command) == 2 and command[0] in _PLAIN_GET
+        if (type(command) is list and len(command) == 2
+                and type(name := command[0]) is bytes and name in _PLAIN_GET
                 and type(key := command[1]) is bytes):
             item = self._keys.get(key)
             return None if item is None else item[REVISION_BYTES:]

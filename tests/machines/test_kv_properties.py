@@ -62,6 +62,8 @@ _GARBAGE = st.one_of(
     st.lists(st.one_of(st.binary(max_size=3), st.integers(), st.text(max_size=3),
                        st.none()), max_size=4),
     st.sampled_from([None, b"SET", "GET", 7, {}]),
+    st.sampled_from([[[b"SET"], b"k", b"v"], [[b"GET"], b"k"], [{}, b"k"], [b"SET", [b"k"], b"v"],
+                     [b"SET", b"k", [b"v"]]]),  # unhashable or nested parts
 )
 _COMMANDS = st.lists(
     st.one_of(_WRITES, _WRITES, _WRITES, _READS, _GARBAGE, st.just([b"FLUSHALL"])),
@@ -160,6 +162,7 @@ _GETS = st.one_of(
     st.tuples(st.just(b"GET"), _KEYS),  # a tuple, not a list
     _command(b"GET", st.sampled_from([7, None, "a"])),
     _command(b"GET", _KEYS, _KEYS),  # wrong arity
+    st.sampled_from([[[b"GET"], b"k"], [b"GET", [b"k"]], [{}, b"k"]]),
 )
 
 
