@@ -94,7 +94,8 @@ class RespParser:
         # or (when waiting for the end of a line) once a chunk with a newline arrives.
         self._need_bytes = 1
         self._need_newline = False
-        self._ready = False
+        self.ready = False
+        """Whether ``take`` may return commands (False: it would return none)."""
         # The multibulk command being read: its arguments so far, how many are still
         # due, their total size, and the length of the argument whose body is awaited
         # (-1 while its "$<length>" header is awaited).
@@ -118,9 +119,9 @@ class RespParser:
             return
         self._chunks.append(data)
         self._buffered += len(data)
-        if not self._ready and (self._buffered >= self._need_bytes
+        if not self.ready and (self._buffered >= self._need_bytes
                                 or (self._need_newline and b"\n" in data)):
-            self._ready = True
+            self.ready = True
 
     def take(self, max_commands: int | None = None) -> list[list[bytes]]:
         """The commands completed by the input so far, oldest first, at most
@@ -132,7 +133,7 @@ class RespParser:
         """
         if self._error is not None:
             raise self._error
-        if not self._ready:
+        if not self.ready:
             return []
         if self._chunks:
             self._join()
@@ -166,7 +167,7 @@ class RespParser:
         self._buffered = end - pos
         self._need_bytes = need_bytes
         self._need_newline = need_newline
-        self._ready = False
+        self.ready = False
         if pos == end:
             self._buf, self._pos = b"", 0
 
@@ -235,6 +236,27 @@ class RespParser:
             out.append(self._args)
             self._args, self._args_bytes = None, 0
 
+    def take_whole(self, data: bytes, max_commands: int) -> list[list[bytes]] | None:
+        """The commands of ``data`` when the parser holds nothing and ``data`` is one or
+        more whole, plain multibulk commands (at most ``max_commands`` of them, in at
+        most ``fast_window_bytes``); else ``None`` and nothing is consumed: ``feed`` it.
+
+        The connection's fast path for what clients send most (one command per read,
+        or a pipeline read whole). It returns exactly what ``feed`` then ``take``
+        would, and never an error: anything unusual, valid or not, is ``None``.
+        """
+        if (self._buffered or self._args is not None or self._error is not None
+                or len(data) > fast_window_bytes or data[:1] != b"*"):
+            return None
+        pieces = data.split(b"\r\n")
+        if pieces[-1]:
+            return None  # ends inside a command
+        out: list[list[bytes]] = []
+        complete = len(pieces) - 1
+        if self._scan(pieces, complete, out, max_commands) != complete:
+            return None
+        return out
+
     def _fast_multibulk(self, buf: bytes, pos: int, end: int, out: list[list[bytes]],
                         limit: int) -> int:
         """Parse the complete multibulk commands at ``pos`` from one C-speed
@@ -242,14 +264,21 @@ class RespParser:
 
         Stops at the first thing that is not a plain, complete, valid multibulk command
         (an argument holding CRLF, an inline command, a limit broken, the window's end):
-        the exact parser in ``_parse`` takes over from there, and reports any error. A
-        command accepted here is exactly what the exact parser would read: each
-        argument must be the whole piece between two CRLFs and have the announced
-        length, so the CRLF after it is where the exact parser expects it.
+        the exact parser in ``_parse`` takes over from there, and reports any error.
         """
         stop = min(end, pos + fast_window_bytes)
         pieces = (buf if pos == 0 and stop == end else buf[pos:stop]).split(b"\r\n")
         complete = len(pieces) - 1  # the last piece has no CRLF after it (yet)
+        return pos + _consumed(pieces, self._scan(pieces, complete, out, limit))
+
+    def _scan(self, pieces: list[bytes], complete: int, out: list[list[bytes]],
+              limit: int) -> int:
+        """Append to ``out`` the plain multibulk commands made of the first ``complete``
+        CRLF-terminated ``pieces`` (up to ``limit`` commands in ``out``); how many
+        pieces they took. A command accepted here is exactly what the exact parser
+        would read: each argument must be the whole piece between two CRLFs and have
+        the announced length, so the CRLF after it is where the exact parser expects
+        it."""
         args_max, bulk_max = self.args_max, self.bulk_bytes_max
         request_max = self.request_bytes_max
         counts, header_of = _ARRAY_HEADERS, _BULK_HEADERS.__getitem__
@@ -273,7 +302,7 @@ class RespParser:
                 break
             out.append(args)
             i += 1 + 2 * count
-        return pos + _consumed(pieces, i)
+        return i
 
     def _bulks(self, buf: bytes, pos: int, end: int) -> int:
         """Read the arguments of the current multibulk command; the position after it,

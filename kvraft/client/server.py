@@ -164,7 +164,8 @@ class ClientProtocol(Protocol):
         self._parser = RespParser(limits.line_bytes_max, limits.bulk_bytes_max,
                                   limits.args_max, limits.request_bytes_max)
         self._clock = factory.clock
-        self.created_s = self._clock.seconds()
+        self._seconds = factory.clock.seconds
+        self.created_s = self._seconds()
         self.active_s = self.created_s
         """When the client last sent something or was last answered."""
         self._bursts: deque[_Burst] = deque()
@@ -210,9 +211,24 @@ class ClientProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        self.active_s = self._clock.seconds()
+        self.active_s = self._seconds()
         if not self._identified:
             self._identify()
+        if not (self._held or self._pumping or self._output_paused or self._reading_paused
+                or self._lost):
+            # Fast path: whole commands with nothing else to wait for (what clients
+            # send most) skip the parser's buffering and the general pump.
+            commands = self._parser.take_whole(data, self._room())
+            if commands is not None:
+                self._pumping = True  # a backend may answer at once: _complete waits
+                try:
+                    burst = self._run(commands)
+                finally:
+                    self._pumping = False
+                if burst.pending and not self._held and not self._closing and self._room() > 0:
+                    return  # nothing to write, nothing to pause: the replies come later
+                self._pump()
+                return
         self._parser.feed(data)
         self._pump()
 
@@ -277,23 +293,33 @@ class ClientProtocol(Protocol):
                         continue
                     if not commands:
                         break
-                burst = _Burst()
-                self._bursts.append(burst)
-                bytes_max = self._limits.pending_bytes_max
-                for i, args in enumerate(commands):
-                    if self._closing:
-                        break
-                    if i and self._unwritten_bytes >= bytes_max:
-                        self._held = commands[i:]  # parsed already; run when bytes drain
-                        break
-                    if not self._dispatch(burst, args):
-                        self._held = commands[i:]  # behind a read/write boundary
-                        break
+                self._run(commands)
                 if self._held and self._awaiting:
                     break
         finally:
             self._pumping = False
         self._update_reading()
+
+    def _run(self, commands: list[list[bytes]]) -> _Burst:
+        """Dispatch ``commands`` as one new burst, up to the first that must wait (kept
+        in ``_held``); the burst."""
+        burst = _Burst()
+        self._bursts.append(burst)
+        if len(commands) == 1:
+            if not self._dispatch(burst, commands[0]):
+                self._held = commands  # behind a read/write boundary
+            return burst
+        bytes_max = self._limits.pending_bytes_max
+        for i, args in enumerate(commands):
+            if self._closing:
+                break
+            if i and self._unwritten_bytes >= bytes_max:
+                self._held = commands[i:]  # parsed already; run when bytes drain
+                break
+            if not self._dispatch(burst, args):
+                self._held = commands[i:]  # behind a read/write boundary
+                break
+        return burst
 
     def _update_reading(self) -> None:
         if self._lost or self._hung_up:
@@ -321,7 +347,7 @@ class ClientProtocol(Protocol):
                 break
         if parts:
             data = b"".join(parts)
-            self.active_s = self._clock.seconds()
+            self.active_s = self._seconds()
             self._write(data)
             if self._output_paused:
                 self._paused_output_bytes += len(data)
@@ -457,8 +483,15 @@ class ClientProtocol(Protocol):
         burst.pending -= 1
         burst.bytes += len(data)
         self._unwritten_bytes += len(data)
-        if (not burst.pending or (self._held and not self._awaiting)) and not self._pumping:
-            self._pump()
+        if self._pumping:
+            return  # the running pump writes it
+        if burst.pending:
+            if self._held and not self._awaiting:
+                self._pump()  # the held commands can run now
+        elif self._reading_paused or self._held or self._parser.ready:
+            self._pump()  # writing makes room: carry on with what waits
+        elif self._bursts[0] is burst:
+            self._flush()  # nothing waits (reading is on, nothing held or parsed)
 
     def _encode(self, result: object, resp3: bool) -> bytes:
         try:

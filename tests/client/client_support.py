@@ -173,3 +173,39 @@ def exchange(factory: ClientFactory, request: bytes) -> bytes:
     protocol, transport = connect(factory)
     protocol.dataReceived(request)
     return transport.value()
+
+
+class SubmitBackend(FakeBackend):
+    """A FakeBackend that also offers the Deferred-free ``submit_read``/``submit_write``
+    of ``kvraft.node.RaftNodeService``: requests queue until ``answer_all`` runs them and
+    calls each ``done(token, result)``, as the node's Ready loop does. ``at_once=True``
+    answers inside the submit call instead (as the node does when it refuses a request
+    or serves a stale read)."""
+
+    def __init__(self, at_once: bool = False) -> None:
+        super().__init__()
+        self.at_once = at_once
+        self.queue: list[tuple[str, list, object, object]] = []  # not yet answered
+        self.submitted: list[tuple[str, list]] = []  # every request, oldest first
+
+    def submit_read(self, command: list, linearizable: bool, done, token) -> None:
+        self._submit("read", command, done, token)
+
+    def submit_write(self, command: list, done, token) -> None:
+        self._submit("write", command, done, token)
+
+    def _submit(self, kind: str, command: list, done, token) -> None:
+        self.submitted.append((kind, command))
+        self.queue.append((kind, command, done, token))
+        if self.at_once:
+            self.answer_all()
+
+    def kinds(self) -> list[str]:
+        """The kinds of every request submitted so far, oldest first."""
+        return [kind for kind, _ in self.submitted]
+
+    def answer_all(self, result: object = None) -> None:
+        """Answer every queued request: with ``result`` if given, else by running it."""
+        queue, self.queue = self.queue, []
+        for _, command, done, token in queue:
+            done(token, self.execute(command) if result is None else result)

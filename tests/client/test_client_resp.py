@@ -380,3 +380,85 @@ def test_error_lines_cannot_break_the_stream():
 def test_encode_command_round_trips_through_the_parser():
     command = [b"MSET", b"a", b"\r\n", b"", b"*1\r\n"]
     assert parse_all(encode_command(command)) == [command]
+
+
+# -- take_whole: the connection's fast path ----------------------------------------------
+
+
+multibulk_streams = st.lists(st.lists(st.binary(max_size=12), min_size=1, max_size=3),
+                             min_size=1, max_size=5).map(
+    lambda commands: b"".join(encode_command(c) for c in commands))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(multibulk_streams, streams().map(lambda s: s[1]), mutated_streams(),
+                 st.binary(max_size=200)),
+       st.integers(0, 8))
+def test_take_whole_is_take_or_declines_without_consuming(data, max_commands):
+    limits = {"line_bytes_max": 64, "bulk_bytes_max": 16, "args_max": 3,
+              "request_bytes_max": 32}
+    fast = RespParser(**limits)
+    got = fast.take_whole(data, max_commands)
+    exact = RespParser(**limits)
+    exact.feed(data)
+    try:
+        expected = exact.take(max_commands)
+    except ProtocolError:
+        expected = None
+    if got is not None:
+        # Only whole, valid input is taken, exactly as the exact parser reads it.
+        assert got == expected and exact.buffered_bytes == 0 and 1 <= len(got) <= max_commands
+        assert fast.buffered_bytes == 0
+        follow = encode_command([b"GET", b"k"])
+        fast.feed(follow)
+        assert fast.take() == [[b"GET", b"k"]]
+    else:
+        # Declined: nothing was consumed; feeding it gives what the exact parser gives.
+        assert fast.buffered_bytes == 0
+        fast.feed(data)
+        try:
+            assert fast.take(max_commands) == expected
+        except ProtocolError:
+            assert expected is None
+
+
+def test_take_whole_takes_one_command_and_a_whole_pipeline():
+    assert RespParser().take_whole(encode_command([b"GET", b"k"]), 1) == [[b"GET", b"k"]]
+    assert RespParser().take_whole(BURST, 16) == PIPELINE
+
+
+@pytest.mark.parametrize("data", [
+    BURST[:-1],  # the last command is not complete
+    BURST[:-10],
+    b"GET k\r\n",  # inline
+    encode_command([b"SET", b"k\r\nk", b"v"]),  # an argument holding CRLF
+    b"*1\r\n$04\r\nPING\r\n",  # valid but not canonical
+    b"*0\r\n",
+    b"",
+])
+def test_take_whole_declines_what_it_does_not_take_whole(data):
+    parser = RespParser()
+    assert parser.take_whole(data, 100) is None
+    assert parser.buffered_bytes == 0
+
+
+def test_take_whole_declines_beyond_max_commands_and_while_input_is_held():
+    assert RespParser().take_whole(BURST, 15) is None
+    parser = RespParser()
+    parser.feed(BURST[:5])
+    assert parser.take() == []
+    assert parser.take_whole(BURST[5:], 100) is None  # the rest belongs to held input
+    parser.feed(BURST[5:])
+    assert parser.take() == PIPELINE
+
+
+def test_ready_says_whether_take_can_return_commands():
+    parser = RespParser()
+    assert not parser.ready
+    parser.feed(BURST[:-1])
+    assert parser.ready
+    assert parser.take() == PIPELINE[:-1]
+    assert not parser.ready  # the last command is incomplete
+    parser.feed(BURST[-1:])
+    assert parser.ready
+    assert parser.take() == PIPELINE[-1:]

@@ -1,0 +1,187 @@
+"""kvraft.client.server's fast paths (whole multibulk commands in one read, replies
+through ``submit_read``/``submit_write``) behave exactly like the general pump: order,
+session order, limits, backpressure, closing."""
+
+from __future__ import annotations
+
+import pytest
+from client_support import FakeBackend, SubmitBackend, connect, make_factory
+
+from kvraft.client.resp import encode_command
+from kvraft.results import OK
+
+
+def cmd(*args: bytes) -> bytes:
+    return encode_command(list(args))
+
+
+def gets(count: int) -> bytes:
+    return b"".join(cmd(b"GET", b"k%d" % i) for i in range(count))
+
+
+def test_one_command_per_read_is_answered_when_the_backend_answers():
+    backend = SubmitBackend()
+    protocol, transport = connect(make_factory(backend))
+    protocol.dataReceived(cmd(b"SET", b"k", b"v"))
+    assert backend.kinds() == ["write"]
+    assert transport.value() == b""
+    backend.answer_all()
+    assert transport.value() == b"+OK\r\n"
+    protocol.dataReceived(cmd(b"GET", b"k"))
+    backend.answer_all()
+    assert transport.value() == b"+OK\r\n$1\r\nv\r\n"
+    assert transport.writes == 2
+    assert protocol.pending_requests == 0 and protocol.buffered_bytes == 0
+
+
+def test_a_synchronous_backend_across_a_read_write_boundary_in_one_read():
+    # The Deferred backend answers inside the call: the burst must not be written
+    # (and dropped from the queue) before the rest of the read is dispatched.
+    protocol, transport = connect(make_factory(FakeBackend()))
+    protocol.dataReceived(cmd(b"SET", b"a", b"1") + cmd(b"GET", b"a") + cmd(b"SET", b"a", b"2")
+                          + cmd(b"GET", b"a"))
+    assert transport.value() == b"+OK\r\n$1\r\n1\r\n+OK\r\n$1\r\n2\r\n"
+
+
+@pytest.mark.parametrize("at_once", [False, True])
+def test_submit_backends_keep_session_order_within_a_read(at_once):
+    backend = SubmitBackend(at_once=at_once)
+    protocol, transport = connect(make_factory(backend))
+    protocol.dataReceived(cmd(b"SET", b"a", b"1") + cmd(b"SET", b"b", b"2") + cmd(b"GET", b"a")
+                          + cmd(b"PING") + cmd(b"SET", b"a", b"3"))
+    if not at_once:
+        assert backend.kinds() == ["write", "write"]  # the read waits for both writes
+        backend.answer_all()
+        assert backend.kinds() == ["write", "write", "read"]
+        backend.answer_all()
+        assert backend.kinds()[-1] == "write"  # the write waited for the read's answer
+        backend.answer_all()
+    assert backend.kinds() == ["write", "write", "read", "write"]
+    assert transport.value() == b"+OK\r\n+OK\r\n$1\r\n1\r\n+PONG\r\n+OK\r\n"
+    assert protocol.pending_requests == 0
+
+
+def test_replies_of_one_read_per_command_keep_request_order():
+    backend = SubmitBackend()
+    protocol, transport = connect(make_factory(backend))
+    for i in range(3):
+        protocol.dataReceived(cmd(b"ECHO", b"e%d" % i) if i == 1 else cmd(b"GET", b"k%d" % i))
+    queue = backend.queue
+    backend.queue = []
+    queue[1][2](queue[1][3], b"second")
+    assert transport.value() == b""  # the first GET still waits; ECHO is behind it
+    queue[0][2](queue[0][3], b"first")
+    assert transport.value() == b"$5\r\nfirst\r\n$2\r\ne1\r\n$6\r\nsecond\r\n"
+
+
+def test_a_command_split_across_reads_still_parses_after_a_reply():
+    backend = SubmitBackend()
+    protocol, transport = connect(make_factory(backend))
+    second = cmd(b"GET", b"key")
+    protocol.dataReceived(cmd(b"SET", b"key", b"v") + second[:7])  # half of the GET
+    backend.answer_all()
+    assert transport.value() == b"+OK\r\n"
+    protocol.dataReceived(second[7:])
+    backend.answer_all()
+    assert transport.value() == b"+OK\r\n$1\r\nv\r\n"
+
+
+def test_pending_requests_max_pauses_reading_with_one_command_per_read():
+    backend = SubmitBackend()
+    protocol, transport = connect(make_factory(backend, pending_requests_max=2))
+    protocol.dataReceived(cmd(b"GET", b"a"))
+    assert transport.producerState == "producing"
+    protocol.dataReceived(cmd(b"GET", b"b"))
+    assert transport.producerState == "paused"
+    protocol.dataReceived(cmd(b"GET", b"c"))  # read before the pause took effect: kept
+    assert len(backend.queue) == 2
+    backend.answer_all(b"x")
+    assert len(backend.queue) == 1  # the kept command runs once there is room
+    assert transport.producerState == "producing"
+    backend.answer_all(b"y")
+    assert transport.value() == b"$1\r\nx\r\n" * 2 + b"$1\r\ny\r\n"
+    assert (transport.pauses, transport.resumes) == (1, 1)
+
+
+def test_a_whole_pipeline_beyond_the_room_is_limited_like_a_split_one():
+    backend = SubmitBackend()
+    protocol, transport = connect(make_factory(backend, pending_requests_max=4))
+    protocol.dataReceived(gets(10))
+    assert len(backend.queue) == 4
+    assert transport.producerState == "paused"
+    while backend.queue:
+        backend.answer_all(b"x")
+    assert len(backend.submitted) == 10
+    assert transport.value() == b"$1\r\nx\r\n" * 10
+    assert transport.producerState == "producing"
+
+
+def test_pending_bytes_max_pauses_reading_with_one_command_per_read():
+    backend = SubmitBackend()
+    protocol, transport = connect(make_factory(backend, pending_bytes_max=200))
+    for _ in range(3):
+        protocol.dataReceived(cmd(b"SET", b"k", b"v" * 90))
+    assert transport.producerState == "paused"  # 282 bytes held
+    backend.answer_all()
+    assert transport.producerState == "producing"
+
+
+def test_a_paused_transport_stops_the_fast_path_too():
+    backend = SubmitBackend()
+    protocol, transport = connect(make_factory(backend))
+    protocol.pauseProducing()  # the client does not read its replies
+    protocol.dataReceived(cmd(b"GET", b"k"))
+    assert backend.queue == []
+    protocol.resumeProducing()
+    assert backend.kinds() == ["read"]
+    backend.answer_all()
+    assert transport.value() == b"$-1\r\n"
+
+
+def test_quit_in_a_whole_read_answers_and_closes():
+    backend = SubmitBackend()
+    protocol, transport = connect(make_factory(backend))
+    protocol.dataReceived(cmd(b"GET", b"k") + cmd(b"QUIT") + cmd(b"GET", b"never"))
+    assert not transport.disconnecting  # the GET before QUIT is still answered first
+    backend.answer_all()
+    assert transport.value() == b"$-1\r\n+OK\r\n"
+    assert transport.disconnecting
+    assert backend.kinds() == ["read"]
+
+
+def test_an_unknown_command_in_a_whole_read_is_an_error_reply_in_order():
+    backend = SubmitBackend()
+    protocol, transport = connect(make_factory(backend))
+    protocol.dataReceived(cmd(b"SET", b"k", b"v") + cmd(b"NOPE"))
+    backend.answer_all()
+    assert transport.value().startswith(b"+OK\r\n-ERR unknown command 'NOPE'")
+    assert not transport.disconnecting
+
+
+def test_resp3_replies_through_submit():
+    backend = SubmitBackend()
+    protocol, transport = connect(make_factory(backend))
+    protocol.dataReceived(cmd(b"HELLO", b"3"))
+    transport.clear()
+    protocol.dataReceived(cmd(b"GET", b"missing"))
+    backend.answer_all()
+    assert transport.value() == b"_\r\n"
+
+
+def test_backend_errors_through_submit_become_error_replies():
+    from kvraft.client.errors import NoLeaderError
+    backend = SubmitBackend()
+    protocol, transport = connect(make_factory(backend))
+    protocol.dataReceived(cmd(b"SET", b"k", b"v"))
+    backend.answer_all(NoLeaderError())
+    assert transport.value().startswith(b"-")
+    assert not transport.disconnecting
+
+
+def test_a_reply_after_the_connection_closed_is_dropped_on_the_fast_path():
+    backend = SubmitBackend()
+    protocol, transport = connect(make_factory(backend))
+    protocol.dataReceived(cmd(b"GET", b"k"))
+    protocol.connectionLost(None)
+    backend.answer_all(OK)
+    assert transport.value() == b""
