@@ -121,14 +121,15 @@ def test_health_reports_a_stalled_apply(ops, web):
     # The state machine stops applying (a wedged apply loop): commit moves on, applied
     # does not.
     machine.set_last_applied = lambda index: None
-    original_apply = machine.apply
+    original_apply, original_batch = machine.apply, machine.apply_batch
     machine.apply = lambda index, command: None
+    machine.apply_batch = lambda index, commands: [None] * len(commands)
     ops.write(leader, b"SET", b"k", b"v")
     ops.run(http.apply_stall_s_max + 1)
     assert tracker.apply_stalled_s() > http.apply_stall_s_max
     status, body = web.json(leader, "/health?serializable=1")
     assert status == 503 and body["reason"].startswith("apply stalled"), body
-    machine.apply = original_apply
+    machine.apply, machine.apply_batch = original_apply, original_batch
 
 
 # -- /status -----------------------------------------------------------------------------------
