@@ -251,11 +251,29 @@ class RespParser:
         pieces = data.split(b"\r\n")
         if pieces[-1]:
             return None  # ends inside a command
-        out: list[list[bytes]] = []
         complete = len(pieces) - 1
-        if self._scan(pieces, complete, out, max_commands) != complete:
-            return None
-        return out
+        out: list[list[bytes]] = []
+        size = len(data)
+        if (size >= len(_BULK_HEADERS) or size > self.bulk_bytes_max
+                or size > self.request_bytes_max):
+            if self._scan(pieces, complete, out, max_commands) != complete:
+                return None
+            return out
+        # Every argument is shorter than data, so within the byte limits, and its
+        # header is in _BULK_HEADERS: only the shape and args_max are left to check.
+        counts, header_of, args_max = _ARRAY_HEADERS, _BULK_HEADERS.__getitem__, self.args_max
+        i = 0
+        while i < complete:
+            count = counts.get(pieces[i])
+            stop = i + 1 + 2 * count if count is not None else complete + 1
+            if stop > complete or count > args_max:
+                return None
+            args = pieces[i + 2:stop:2]
+            if pieces[i + 1:stop:2] != list(map(header_of, map(len, args))):
+                return None
+            out.append(args)
+            i = stop
+        return out if len(out) <= max_commands else None
 
     def _fast_multibulk(self, buf: bytes, pos: int, end: int, out: list[list[bytes]],
                         limit: int) -> int:

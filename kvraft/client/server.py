@@ -225,9 +225,10 @@ class ClientProtocol(Protocol):
                     burst = self._run(commands)
                 finally:
                     self._pumping = False
-                if burst.pending and not self._held and not self._closing and self._room() > 0:
-                    return  # nothing to write, nothing to pause: the replies come later
-                self._pump()
+                if (not burst.pending or self._held or self._closing
+                        or self._unwritten >= self._limits.pending_requests_max
+                        or self._unwritten_bytes >= self._limits.pending_bytes_max):
+                    self._pump()  # replies to write, or reading to pause
                 return
         self._parser.feed(data)
         self._pump()
@@ -335,18 +336,25 @@ class ClientProtocol(Protocol):
     def _flush(self) -> None:
         """Write every complete burst at the head, in one write."""
         bursts = self._bursts
-        parts: list[bytes] = []
-        close = False
-        while bursts and not bursts[0].pending:
-            burst = bursts.popleft()
-            parts += burst.replies
-            self._unwritten -= len(burst.replies)
-            self._unwritten_bytes -= burst.bytes
-            if burst.close:
-                close = True
-                break
+        if not bursts or bursts[0].pending:
+            return
+        burst = bursts.popleft()
+        parts = burst.replies
+        self._unwritten -= len(parts)
+        self._unwritten_bytes -= burst.bytes
+        close = burst.close
+        if not close and bursts and not bursts[0].pending:
+            parts = list(parts)  # more complete bursts: gather them all
+            while bursts and not bursts[0].pending:
+                burst = bursts.popleft()
+                parts += burst.replies
+                self._unwritten -= len(burst.replies)
+                self._unwritten_bytes -= burst.bytes
+                if burst.close:
+                    close = True
+                    break
         if parts:
-            data = b"".join(parts)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
             self.active_s = self._seconds()
             self._write(data)
             if self._output_paused:
@@ -464,7 +472,9 @@ class ClientProtocol(Protocol):
     def _on_done(self, token: tuple, result: object) -> None:
         """The backend answered a submitted command (a result, or a BackendError)."""
         burst, index, resp3 = token
-        if isinstance(result, Exception):
+        if type(result) is bytes:  # GET's answer: encoded here, a call saved
+            self._complete(burst, index, b"$%d\r\n%s\r\n" % (len(result), result))
+        elif isinstance(result, Exception):
             self._complete(burst, index, self._error_reply(result))
         else:
             self._complete(burst, index, self._encode(result, resp3))
@@ -488,9 +498,9 @@ class ClientProtocol(Protocol):
         if burst.pending:
             if self._held and not self._awaiting:
                 self._pump()  # the held commands can run now
-        elif self._reading_paused or self._held or self._parser.ready:
+        elif self._reading_paused or self._held or self._closing or self._parser.ready:
             self._pump()  # writing makes room: carry on with what waits
-        elif self._bursts[0] is burst:
+        else:
             self._flush()  # nothing waits (reading is on, nothing held or parsed)
 
     def _encode(self, result: object, resp3: bool) -> bytes:

@@ -395,8 +395,14 @@ multibulk_streams = st.lists(st.lists(st.binary(max_size=12), min_size=1, max_si
                  st.binary(max_size=200)),
        st.integers(0, 8))
 def test_take_whole_is_take_or_declines_without_consuming(data, max_commands):
-    limits = {"line_bytes_max": 64, "bulk_bytes_max": 16, "args_max": 3,
-              "request_bytes_max": 32}
+    # Small byte limits: take_whole checks each argument against them. Byte limits
+    # above any input: only the shape and args_max are checked.
+    for limits in ({"line_bytes_max": 64, "bulk_bytes_max": 16, "args_max": 3,
+                    "request_bytes_max": 32}, {"args_max": 3}):
+        check_take_whole(limits, data, max_commands)
+
+
+def check_take_whole(limits: dict, data: bytes, max_commands: int) -> None:
     fast = RespParser(**limits)
     got = fast.take_whole(data, max_commands)
     exact = RespParser(**limits)
@@ -425,6 +431,9 @@ def test_take_whole_is_take_or_declines_without_consuming(data, max_commands):
 def test_take_whole_takes_one_command_and_a_whole_pipeline():
     assert RespParser().take_whole(encode_command([b"GET", b"k"]), 1) == [[b"GET", b"k"]]
     assert RespParser().take_whole(BURST, 16) == PIPELINE
+    big = [b"SET", b"k", b"v" * 5000]  # longer than the small-header table
+    assert RespParser().take_whole(encode_command(big) * 2, 2) == [big, big]
+    assert RespParser(bulk_bytes_max=4999).take_whole(encode_command(big), 1) is None
 
 
 @pytest.mark.parametrize("data", [
