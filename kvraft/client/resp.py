@@ -85,6 +85,9 @@ class RespParser:
         self.bulk_bytes_max = bulk_bytes_max
         self.args_max = args_max
         self.request_bytes_max = request_bytes_max
+        # take_whole skips the byte-limit checks of reads no longer than this: none of
+        # their arguments can break a limit, and each has a precomputed header.
+        self._small_bytes_max = min(len(_BULK_HEADERS) - 1, bulk_bytes_max, request_bytes_max)
         # Unparsed input: self._buf[self._pos:] followed by the chunks in self._chunks.
         self._buf = b""
         self._pos = 0
@@ -245,23 +248,31 @@ class RespParser:
         or a pipeline read whole). It returns exactly what ``feed`` then ``take``
         would, and never an error: anything unusual, valid or not, is ``None``.
         """
-        if (self._buffered or self._args is not None or self._error is not None
-                or len(data) > fast_window_bytes or data[:1] != b"*"):
+        size = len(data)
+        if (not size or size > fast_window_bytes or self._buffered or self._args is not None
+                or self._error is not None):
             return None
         pieces = data.split(b"\r\n")
         if pieces[-1]:
-            return None  # ends inside a command
+            return None  # ends inside a command (or is not multibulk)
         complete = len(pieces) - 1
         out: list[list[bytes]] = []
-        size = len(data)
-        if (size >= len(_BULK_HEADERS) or size > self.bulk_bytes_max
-                or size > self.request_bytes_max):
+        if size > self._small_bytes_max:
             if self._scan(pieces, complete, out, max_commands) != complete:
                 return None
             return out
         # Every argument is shorter than data, so within the byte limits, and its
         # header is in _BULK_HEADERS: only the shape and args_max are left to check.
-        counts, header_of, args_max = _ARRAY_HEADERS, _BULK_HEADERS.__getitem__, self.args_max
+        # (Anything not starting with a canonical "*<count>" is declined here.)
+        counts, header_of = _ARRAY_HEADERS, _BULK_HEADERS.__getitem__
+        count = counts.get(pieces[0])
+        if count is not None and 2 * count + 1 == complete:  # one command: most reads
+            args = pieces[2::2]
+            if (count > self.args_max or max_commands < 1
+                    or pieces[1:complete:2] != list(map(header_of, map(len, args)))):
+                return None
+            return [args]
+        args_max = self.args_max
         i = 0
         while i < complete:
             count = counts.get(pieces[i])

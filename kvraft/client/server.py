@@ -185,6 +185,7 @@ class ClientProtocol(Protocol):
         self._idle_call = None
         # A backend may offer submit_read/submit_write: answers without a Deferred per
         # command (kvraft.node.RaftNodeService.submit_write).
+        self._done = self._on_done  # bound once: one fewer object per request
         backend = factory.backend
         self._submit_read = getattr(backend, "submit_read", None)
         self._submit_write = getattr(backend, "submit_write", None)
@@ -218,7 +219,10 @@ class ClientProtocol(Protocol):
                 or self._lost):
             # Fast path: whole commands with nothing else to wait for (what clients
             # send most) skip the parser's buffering and the general pump.
-            commands = self._parser.take_whole(data, self._room())
+            limits = self._limits
+            room = (limits.pending_requests_max - self._unwritten
+                    if self._unwritten_bytes < limits.pending_bytes_max else 0)
+            commands = self._parser.take_whole(data, room)
             if commands is not None:
                 self._pumping = True  # a backend may answer at once: _complete waits
                 try:
@@ -226,8 +230,8 @@ class ClientProtocol(Protocol):
                 finally:
                     self._pumping = False
                 if (not burst.pending or self._held or self._closing
-                        or self._unwritten >= self._limits.pending_requests_max
-                        or self._unwritten_bytes >= self._limits.pending_bytes_max):
+                        or self._unwritten >= limits.pending_requests_max
+                        or self._unwritten_bytes >= limits.pending_bytes_max):
                     self._pump()  # replies to write, or reading to pause
                 return
         self._parser.feed(data)
@@ -432,26 +436,25 @@ class ClientProtocol(Protocol):
                 else:
                     data = local.run(self, command)
             else:
-                backend = factory.backend
                 if route is _READ:
                     submit = self._submit_read
                     if submit is not None:
                         burst.pending += 1
                         self._awaiting += 1
-                        submit(command, not self.readonly, self._on_done,
+                        submit(command, not self.readonly, self._done,
                                (burst, index, self.protocol_version == 3))
                         return True
-                    result = backend.read(command, not self.readonly)
+                    result = factory.backend.read(command, not self.readonly)
                 elif route is _WRITE:
                     submit = self._submit_write
                     if submit is not None:
                         burst.pending += 1
                         self._awaiting += 1
-                        submit(command, self._on_done, (burst, index, self.protocol_version == 3))
+                        submit(command, self._done, (burst, index, self.protocol_version == 3))
                         return True
-                    result = backend.write(command)
+                    result = factory.backend.write(command)
                 else:
-                    result = backend.admin(command)
+                    result = factory.backend.admin(command)
                 resp3 = self.protocol_version == 3
                 if isinstance(result, Deferred):
                     burst.pending += 1
