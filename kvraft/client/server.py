@@ -41,11 +41,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kvraft import results
 from kvraft.client import local
 from kvraft.client.backend import AllowAll, IClientACL, IClientBackend
 from kvraft.client.commands import Route, resolve
 from kvraft.client.errors import BackendError, InvalidCommandError, ProtocolError
 from kvraft.client.resp import (
+    OK,
     RespParser,
     args_max_default,
     bulk_bytes_max_default,
@@ -59,6 +61,7 @@ log = Logger(namespace="kvraft.client")
 
 MAX_CLIENTS_REPLY = b"-ERR max number of clients reached\r\n"
 _LOCAL, _READ, _WRITE = Route.LOCAL, Route.READ, Route.WRITE
+_OK_RESULT = results.OK
 INTERNAL_ERROR = (
     "ERR internal error: the node failed to run this command (logged for the operator); "
     "retry, and report it if it persists")
@@ -428,7 +431,7 @@ class ClientProtocol(Protocol):
             if type(acl) is not AllowAll and not acl.authorize(self.identity, spec.flags):
                 raise InvalidCommandError(
                     f"NOPERM this user has no permissions to run the '{spec.name}' command")
-            route = spec.route
+            # route is spec.route: set above (a failed resolve raised just now)
             if route is _LOCAL:
                 if spec.name == "quit":
                     data = local.OK
@@ -475,12 +478,16 @@ class ClientProtocol(Protocol):
     def _on_done(self, token: tuple, result: object) -> None:
         """The backend answered a submitted command (a result, or a BackendError)."""
         burst, index, resp3 = token
-        if type(result) is bytes:  # GET's answer: encoded here, a call saved
-            self._complete(burst, index, b"$%d\r\n%s\r\n" % (len(result), result))
+        # The commonest answers (GET's value, SET's OK) are encoded here, calls saved.
+        if type(result) is bytes:
+            data = b"$%d\r\n%s\r\n" % (len(result), result)
+        elif result is _OK_RESULT:
+            data = OK
         elif isinstance(result, Exception):
-            self._complete(burst, index, self._error_reply(result))
+            data = self._error_reply(result)
         else:
-            self._complete(burst, index, self._encode(result, resp3))
+            data = self._encode(result, resp3)
+        self._complete(burst, index, data)
 
     def _on_result(self, result: object, burst: _Burst, index: int, resp3: bool) -> None:
         self._complete(burst, index, self._encode(result, resp3))
@@ -489,6 +496,7 @@ class ClientProtocol(Protocol):
         self._complete(burst, index, self._error_reply(failure.value, failure))
 
     def _complete(self, burst: _Burst, index: int, data: bytes) -> None:
+        """Store the reply of request ``index`` of ``burst``; write what is ready."""
         self._awaiting -= 1
         if self._lost:
             return
