@@ -502,8 +502,9 @@ class ClientProtocol(Protocol):
             return
         burst.replies[index] = data
         burst.pending -= 1
-        burst.bytes += len(data)
-        self._unwritten_bytes += len(data)
+        size = len(data)
+        burst.bytes += size
+        self._unwritten_bytes += size
         if self._pumping:
             return  # the running pump writes it
         if burst.pending:
@@ -513,6 +514,8 @@ class ClientProtocol(Protocol):
             self._pump()  # writing makes room: carry on with what waits
         else:
             self._flush()  # nothing waits (reading is on, nothing held or parsed)
+            if self._unwritten_bytes >= self._limits.pending_bytes_max:
+                self._update_reading()  # replies of later bursts fill the limit
 
     def _encode(self, result: object, resp3: bool) -> bytes:
         try:

@@ -185,3 +185,19 @@ def test_a_reply_after_the_connection_closed_is_dropped_on_the_fast_path():
     protocol.connectionLost(None)
     backend.answer_all(OK)
     assert transport.value() == b""
+
+
+def test_replies_held_for_a_later_burst_count_against_pending_bytes_max():
+    backend = SubmitBackend()
+    protocol, transport = connect(make_factory(backend, pending_bytes_max=300))
+    protocol.dataReceived(cmd(b"GET", b"a"))
+    protocol.dataReceived(cmd(b"GET", b"b") + cmd(b"GET", b"c"))
+    (a, b, c), backend.queue = backend.queue, []
+    b[2](b[3], b"x" * 400)  # stored: its burst still waits for c
+    assert transport.producerState == "producing"
+    a[2](a[3], b"1")  # a is written; b's reply still holds 400 bytes
+    assert transport.value() == b"$1\r\n1\r\n"
+    assert transport.producerState == "paused"
+    c[2](c[3], b"3")
+    assert transport.producerState == "producing"
+    assert transport.value().endswith(b"$1\r\n3\r\n")
