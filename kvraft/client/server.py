@@ -10,6 +10,12 @@ is written with one ``transport.write`` once all its replies are ready (several 
 bursts go out in one write too), so a pipeline of 16 commands read at once costs one
 write, not 16.
 
+Speed: ``_pump`` is the general engine; two fast paths skip it for what clients do
+most, and hand over to it at the first thing unusual (a held command, a pause, a limit
+reached, a QUIT, input the parser holds). A read of whole multibulk commands is
+dispatched straight from ``RespParser.take_whole``; a reply that completes the head
+burst while nothing else waits is written by ``_complete`` itself.
+
 Flow control (why it pauses rather than errors): a connection holds at most
 ``pending_requests_max`` parsed-but-unanswered requests and ``pending_bytes_max`` bytes
 of their arguments and replies. At the limit it stops reading
