@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import os
+from collections import deque
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -96,13 +97,12 @@ class _Batch:
     Request ``i`` is answered by ``dones[i](tokens[i], result)`` (see ``submit_write``).
     """
 
-    __slots__ = ("commands", "dones", "tokens", "timer", "key", "started_s")
+    __slots__ = ("commands", "dones", "tokens", "key", "started_s")
 
     def __init__(self):
         self.commands: list = []
         self.dones: list[Callable[[Any, object], None]] = []
         self.tokens: list = []
-        self.timer = None
         self.key: Any = None
         self.started_s = 0.0  # perf_counter() when proposed / sent to ReadIndex (metrics)
 
@@ -175,6 +175,10 @@ class RaftNodeService(Service):
         self._reads = _Batch()
         self._proposed: dict[int, _Batch] = {}
         self._reading: dict[bytes, _Batch] = {}
+        # (deadline, seq) of proposed write batches and (deadline, batch) of read rounds,
+        # in deadline order (_expire_requests).
+        self._write_deadlines: deque[tuple[float, int]] = deque()
+        self._read_deadlines: deque[tuple[float, _Batch]] = deque()
         self._reads_ready: list[tuple[int, int, _Batch]] = []  # heap of (index, seq, batch)
         self._read_round_s = 0.0  # reactor time the newest ReadIndex round started
         self._commit_notices: dict[str, Any] = {}  # peer -> empty MsgApp held during a write
@@ -283,7 +287,27 @@ class RaftNodeService(Service):
 
     def _tick(self) -> None:
         self.core.tick()
+        self._expire_requests()
         self._schedule()
+
+    def _expire_requests(self) -> None:
+        """Answer the requests whose ``request_timeout_ms`` has passed, once a tick.
+
+        Every request gets the same timeout, so deadlines come in the order requests were
+        proposed: two FIFO queues, checked at their heads, replace a timer per batch (a
+        timer per batch meant a heap push and a cancel per log entry, and thousands of
+        pending timers in the reactor's heap that every other timer is sorted against).
+        Heads already answered leave the queues at once; a deadline is honoured within
+        one tick."""
+        now = self.reactor.seconds()
+        writes, proposed = self._write_deadlines, self._proposed
+        while writes and (writes[0][0] <= now or writes[0][1] not in proposed):
+            seq = writes.popleft()[1]
+            if seq in proposed:
+                self._write_timeout(seq)
+        reads = self._read_deadlines
+        while reads and (reads[0][0] <= now or not reads[0][1].tokens):
+            self._read_timeout(reads.popleft()[1])
 
     def receive(self, message) -> None:
         """A message from a peer (called by the transport)."""
@@ -439,7 +463,7 @@ class RaftNodeService(Service):
         self._proposed[seq] = batch
         self.metrics.proposed(len(batch.commands))
         batch.started_s = perf_counter()
-        batch.timer = self.reactor.callLater(self.request_timeout_s, self._write_timeout, seq)
+        self._write_deadlines.append((self.reactor.seconds() + self.request_timeout_s, seq))
 
     def _write_timeout(self, seq: int) -> None:
         batch = self._proposed.pop(seq, None)
@@ -464,9 +488,11 @@ class RaftNodeService(Service):
         batch.started_s = perf_counter()
         self._read_round_s = self.reactor.seconds()
         self.core.read_index(ctx)
-        batch.timer = self.reactor.callLater(self.request_timeout_s, self._read_timeout, batch)
+        self._read_deadlines.append((self.reactor.seconds() + self.request_timeout_s, batch))
 
     def _read_timeout(self, batch: _Batch) -> None:
+        if not batch.tokens:
+            return  # answered already
         # The batch may still sit in the apply heap; emptied, it is served as a no-op there.
         self._reading.pop(batch.key, None)
         self.metrics.reads_failed("timeout", len(batch))
@@ -748,8 +774,6 @@ class RaftNodeService(Service):
         batch = self._proposed.pop(seq, None)
         if batch is None or not batch.tokens:
             return  # timed out already: the client was told the outcome is unknown
-        if batch.timer is not None and batch.timer.active():
-            batch.timer.cancel()
         self._pending_writes -= len(batch)
         self.metrics.proposal_committed(perf_counter() - batch.started_s)
         for done, token, outcome in zip(batch.dones, batch.tokens, outcomes, strict=True):
@@ -772,8 +796,6 @@ class RaftNodeService(Service):
         heap = self._reads_ready
         while heap and heap[0][0] <= applied:
             _, _, batch = heapq.heappop(heap)
-            if batch.timer is not None and batch.timer.active():
-                batch.timer.cancel()
             if not batch.tokens:
                 continue  # timed out and answered already
             self._pending_reads -= len(batch)

@@ -93,6 +93,37 @@ def test_a_write_that_times_out_is_answered_once_even_if_it_commits_later(cluste
     assert answers.order == ["w"]
 
 
+def test_a_read_that_cannot_be_confirmed_times_out_once(cluster):
+    leader = _leader(cluster)
+    answers = Answers()
+    cluster.net.isolate(leader.node_id)
+    started = cluster.reactor.seconds()
+    leader.submit_read([b"GET", b"x"], True, answers, "r")
+    cluster.run_until(lambda: "r" in answers.got, seconds=leader.request_timeout_s + 5,
+                      what="the timeout")
+    assert isinstance(answers.got["r"], OutcomeUnknownError)
+    assert cluster.reactor.seconds() - started >= leader.request_timeout_s
+    cluster.net.heal()
+    cluster.run(3)
+    assert answers.order == ["r"]
+
+
+def test_requests_in_flight_hold_no_reactor_timers(cluster):
+    # Timeouts are deadlines checked each tick, not a timer per batch: the reactor's
+    # timer heap does not grow with the requests in flight.
+    leader = _leader(cluster)
+    answers = Answers()
+    idle_timers = len(cluster.reactor.getDelayedCalls())
+    for i in range(30):
+        leader.submit_write([b"SET", b"k%d" % i, b"v"], answers, ("w", i))
+        leader.submit_read([b"GET", b"k%d" % i], True, answers, ("r", i))
+        cluster.reactor.advance(0)  # each its own batch and round
+    assert len(cluster.reactor.getDelayedCalls()) <= idle_timers + 5
+    cluster.run_until(lambda: len(answers.got) == 60, what="all answered")
+    cluster.run(leader.request_timeout_s + 1)  # no late timeout answers anything twice
+    assert len(answers.order) == 60
+
+
 def test_a_done_that_raises_does_not_stop_the_node(cluster):
     leader = _leader(cluster)
     answers = Answers()
