@@ -51,6 +51,7 @@ class RaftSettings:
     batch_commands_max: int = 4096
     batch_bytes_max: int = 1 << 20
     request_timeout_ms: int = 5000
+    proposal_hold_ms: int = 10  # a leader's next batch waits this long for the last one
     snapshot_entries: int = 100_000  # snapshot once this many entries applied since the last
     snapshot_bytes: int = 128 << 20  # ... or this many bytes of entry data
     compaction_margin_entries: int = 10_000  # kept below a snapshot for slow followers
@@ -324,6 +325,10 @@ def _section_raft(doc: dict) -> RaftSettings:
         raise ConfigError("raft.compaction_margin_entries: must be 0 or more, got "
                           f"{values['compaction_margin_entries']!r}")
     values["tick_ms"] = s.get("tick_ms", int, 0)
+    values["proposal_hold_ms"] = s.get("proposal_hold_ms", int, d.proposal_hold_ms)
+    if values["proposal_hold_ms"] < 0:
+        raise ConfigError("raft.proposal_hold_ms: must be 0 or more, got "
+                          f"{values['proposal_hold_ms']!r}")
     values["pre_vote"] = s.get("pre_vote", bool, True)
     values["check_quorum"] = s.get("check_quorum", bool, True)
     s.finish()

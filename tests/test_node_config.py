@@ -24,6 +24,13 @@ def test_defaults():
     assert config.raft.compaction_margin_entries == 10_000
     assert config.snapshots_retained == 2 and config.preferred_leader == ""
     assert config.fsync_in_thread is False
+    assert config.raft.proposal_hold_ms == 10
+
+
+def test_proposal_hold_may_be_zero_not_negative():
+    assert from_dict(doc(raft={"proposal_hold_ms": 0})).raft.proposal_hold_ms == 0
+    with pytest.raises(ConfigError, match="raft.proposal_hold_ms: must be 0 or more"):
+        from_dict(doc(raft={"proposal_hold_ms": -1}))
 
 
 def test_fsync_in_thread_is_the_node_s_not_the_backend_s():
