@@ -842,8 +842,9 @@ class RaftNodeService(Service):
             self._pending_reads -= len(batch)
             self.metrics.reads_answered(len(batch), perf_counter() - batch.started_s)
             query = self.machine.query
-            for done, token, command in zip(batch.dones, batch.tokens, batch.commands,
-                                            strict=True):
+            dones, tokens, commands = batch.dones, batch.tokens, batch.commands
+            batch.dones, batch.tokens, batch.commands = [], [], []  # answered: once only
+            for done, token, command in zip(dones, tokens, commands, strict=True):
                 try:
                     done(token, query(command))
                 except Exception:
