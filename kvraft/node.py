@@ -580,12 +580,6 @@ class RaftNodeService(Service):
                     d.addCallback(self._persisted, rd, late)
                     d.addErrback(self._storage_failed)
                     return
-                if self.role is Role.Leader:
-                    # Let the reactor read what arrived (acknowledgements that commit
-                    # earlier entries, heartbeat answers) before the disk blocks it: those
-                    # entries are applied and answered first (_write).
-                    self.reactor.callLater(0, self._write, rd, late)
-                    return
                 try:
                     self._persist(rd.hard_state, True)
                 except Exception:
@@ -598,24 +592,6 @@ class RaftNodeService(Service):
                 # stores keep it in memory until the next sync, so no thread hop.
                 self.storage.stable.save_hard_state(rd.hard_state)
             self._finish(rd, late)
-
-    def _write(self, rd: Ready, late: list) -> None:
-        """The leader's deferred write of ``rd``: first what needs no durability of it
-        (``_send_early``), then the fsync, on the reactor thread."""
-        if not self._stopping:
-            try:
-                self._send_early()
-                self._flush_peers()
-            except Exception:
-                log.failure("unexpected error before a write; stopping the node")
-                self._halt()
-                return
-        try:
-            self._persist(rd.hard_state, True)
-        except Exception:
-            self._storage_failed(Failure())
-            return
-        self._persisted(None, rd, late)
 
     def _send_early(self) -> None:
         """While a write is in flight: apply what committed meanwhile and is durable
