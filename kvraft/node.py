@@ -693,7 +693,10 @@ class RaftNodeService(Service):
 
     def _finish(self, rd: Ready, late: list) -> None:
         if rd.messages_after_persist:
+            # Acknowledgements and votes are on someone's critical path; the apply below
+            # is not: they leave first.
             self.transport.send_many(rd.messages_after_persist)
+            self._flush_peers()
         self._apply(late)
         for read_state in rd.read_states:
             self._on_read_state(read_state.index, read_state.request_ctx)
