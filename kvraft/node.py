@@ -49,6 +49,7 @@ from kvraft.raft import (
     ConfState,
     EntryType,
     HardState,
+    LogLostError,
     MsgType,
     ProposalDropped,
     RaftConfig,
@@ -327,6 +328,18 @@ class RaftNodeService(Service):
             return
         try:
             self.core.step(message)
+        except LogLostError as e:
+            # Not the message's fault: this node's own log lost what it acknowledged.
+            log.critical(
+                "node {node_id} stops: {error}. The leader ({leader}) counts entries this "
+                "node acknowledged as durable, and they are gone from {data_dir} (a disk or "
+                "filesystem that did not keep fsync'd writes, a restored backup, a "
+                "truncated file). Running on could break the cluster's guarantees. Replace "
+                "the node: `kvraft member remove {node_id}`, empty its data_dir, and add "
+                "it back (`kvraft member add`, then `promote`).", node_id=self.node_id, error=e,
+                leader=message.frm, data_dir=str(self.config.data_dir))
+            self._halt()
+            return
         except Exception:
             # A peer's bad message must never take the node down.
             log.failure("dropping a message the core refused: {message!r}", message=message)

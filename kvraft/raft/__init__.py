@@ -89,6 +89,7 @@ from kvraft.raft.describe import (
 from kvraft.raft.errors import (
     CompactedError,
     ConfChangeError,
+    LogLostError,
     SnapshotOutOfDateError,
     SnapshotTemporarilyUnavailableError,
     StorageError,
@@ -124,7 +125,7 @@ __all__ = [
     "MemoryStorage", "Message", "MsgType", "NodeId", "ProgressState", "ProposalDropped",
     "RaftConfig", "RaftCore", "ReadState", "Ready", "Role", "Snapshot", "SnapshotMetadata",
     "SnapshotOutOfDateError", "SnapshotTemporarilyUnavailableError", "SoftState", "SplitMix64",
-    "StorageError", "UnavailableError", "apply_conf_change", "conf_change_kind",
+    "StorageError", "UnavailableError", "LogLostError", "apply_conf_change", "conf_change_kind",
     "decode_conf_change", "describe_conf_state", "describe_entry", "describe_hard_state",
     "describe_message", "describe_ready", "encode_conf_change",
 ]

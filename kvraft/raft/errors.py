@@ -30,5 +30,13 @@ class SnapshotOutOfDateError(StorageError):
     """``apply_snapshot`` was given a snapshot older than the one already held."""
 
 
+class LogLostError(AssertionError):
+    """The leader names as committed an index beyond this node's log, at or below what
+    this node had acknowledged: entries it reported durable are gone (a disk that did not
+    keep an fsync'd write, a restored backup, a truncated file). Raft's safety rests on
+    that durability, so a node that sees this must stop taking part (etcd panics), and
+    be rebuilt from an empty data directory."""
+
+
 class ConfChangeError(ValueError):
     """A membership change that cannot be applied to the current configuration."""

@@ -11,7 +11,7 @@ Invariants: ``applied <= applying <= committed <= last_index()``;
 
 from __future__ import annotations
 
-from kvraft.raft.errors import CompactedError, StorageError, UnavailableError
+from kvraft.raft.errors import CompactedError, LogLostError, StorageError, UnavailableError
 from kvraft.raft.storage import limit_size
 from kvraft.raft.types import Entry, Snapshot
 
@@ -318,7 +318,7 @@ class RaftLog:
         """Raise the commit index (never lowers it)."""
         if index > self.committed:
             if index > self.last_index():
-                raise AssertionError(
+                raise LogLostError(
                     f"commit index {index} is beyond the last index {self.last_index()}: "
                     "was the log corrupted, truncated or lost?")
             self.committed = index

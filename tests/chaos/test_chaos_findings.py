@@ -107,8 +107,6 @@ def _wait(predicate, timeout_s: float) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason="finding 2: a follower that lost its acknowledged "
-                   "log tail neither recovers nor stops; reported to the lead")
 def test_a_follower_that_lost_its_log_tail_recovers_or_stops(tmp_path):
     """Seen when the torn-WAL nemesis cut bytes off the last complete record (not a
     legal fault: that entry had been synced and acknowledged; the nemesis no longer
@@ -118,7 +116,9 @@ def test_a_follower_that_lost_its_log_tail_recovers_or_stops(tmp_path):
     catches the error per message (``kvraft.node: dropping a message the core
     refused``), never answers a heartbeat, so the leader never probes it again: it
     stays a zombie member, logs a traceback per heartbeat, and its clients' reads time
-    out. etcd panics here. Either outcome is acceptable; silence is not."""
+    out. etcd panics here. Either outcome is acceptable; silence is not. Fixed: the core
+    raises ``LogLostError`` and the node stops with a critical log line saying what to
+    do (tests/test_node_log_lost.py)."""
     cluster = _cluster(tmp_path)
     try:
         leader = cluster.wait_for_leader()

@@ -2,7 +2,14 @@
 
 import pytest
 
-from kvraft.raft import CompactedError, Entry, MemoryStorage, Snapshot, SnapshotMetadata
+from kvraft.raft import (
+    CompactedError,
+    Entry,
+    LogLostError,
+    MemoryStorage,
+    Snapshot,
+    SnapshotMetadata,
+)
 from kvraft.raft.log import RaftLog
 
 
@@ -100,5 +107,5 @@ def test_log_applied_to_is_bounded_by_committed():
     log.commit_to(1)
     with pytest.raises(AssertionError):
         log.applied_to(2)
-    with pytest.raises(AssertionError, match="beyond the last index"):
+    with pytest.raises(LogLostError, match="beyond the last index"):
         log.commit_to(5)
