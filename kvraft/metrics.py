@@ -166,7 +166,7 @@ class NodeMetrics:
 
     def reads_failed(self, reason: str, commands: int) -> None:
         """A batch of ``commands`` linearizable reads failed (``"no-leader"``,
-        ``"timeout"``)."""
+        ``"leader-change"``, ``"timeout"``)."""
         self.failures["read", reason] += commands
 
     def reads_answered(self, commands: int, seconds: float) -> None:

@@ -732,12 +732,30 @@ class RaftNodeService(Service):
         if soft.leader_id != self.leader_id or soft.role != self.role:
             log.info("node {node_id}: role {role}, leader {leader}", node_id=self.node_id,
                      role=soft.role.value, leader=soft.leader_id or "none")
+            self._fail_unconfirmed_reads()
         self.role, self.leader_id = soft.role, soft.leader_id
         if soft.role != Role.Leader:
             self.snapshot_sender.stop_all()
         self.membership.on_soft_state(soft.role, soft.leader_id)
         for listener in self.listeners:
             listener("soft_state", {"role": soft.role, "leader_id": soft.leader_id})
+
+    def _fail_unconfirmed_reads(self) -> None:
+        """The leader or our role changed: ReadIndex rounds still waiting for their
+        confirmation will not get it (a new term drops them), so their reads are answered
+        now with a retryable error instead of at their deadline. Reads have no effect, so
+        nothing is left unknown; confirmed rounds (waiting only for the apply) stay."""
+        if not self._reading:
+            return
+        batches = list(self._reading.values())
+        self._reading.clear()
+        for batch in batches:
+            if not batch.tokens:
+                continue
+            self.metrics.reads_failed("leader-change", len(batch))
+            self._pending_reads -= len(batch)
+            _fail_all(batch, NoLeaderError(
+                "the leader changed while the read waited for its confirmation; retry"))
 
     def _install_snapshot(self, snapshot: Snapshot) -> None:
         """The core accepted a snapshot from the leader (its body was received and its

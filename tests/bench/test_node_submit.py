@@ -9,7 +9,7 @@ import pytest
 from test_node_support import NodeCluster
 
 from kvraft import node as node_module
-from kvraft.client.errors import OutcomeUnknownError, OverloadedError
+from kvraft.client.errors import NoLeaderError, OutcomeUnknownError, OverloadedError
 from kvraft.raft import Role
 
 
@@ -96,7 +96,12 @@ def test_a_write_that_times_out_is_answered_once_even_if_it_commits_later(cluste
     assert answers.order == ["w"]
 
 
-def test_a_read_that_cannot_be_confirmed_times_out_once(cluster):
+def test_a_read_that_cannot_be_confirmed_times_out_once(tmp_path):
+    # A request timeout shorter than the election timeout: the read's deadline passes
+    # while the cut-off leader still leads (check-quorum has not deposed it yet).
+    cluster = NodeCluster(tmp_path, size=3, raft={"request_timeout_ms": 300})
+    cluster.run_until(lambda: any(n.role == Role.Leader for n in cluster.nodes.values()),
+                      what="a leader")
     leader = _leader(cluster)
     answers = Answers()
     cluster.net.isolate(leader.node_id)
@@ -108,7 +113,29 @@ def test_a_read_that_cannot_be_confirmed_times_out_once(cluster):
     assert cluster.reactor.seconds() - started >= leader.request_timeout_s
     cluster.net.heal()
     cluster.run(3)
-    assert answers.order == ["r"]
+    assert answers.order == ["r"] and answers.calls == 1
+    cluster.close()
+
+
+@pytest.mark.parametrize("where", ["leader", "follower"])
+def test_a_read_waiting_for_confirmation_fails_fast_when_the_leader_changes(cluster, where):
+    # The old leader is cut off: its check-quorum makes it step down, the others elect a
+    # new one. Either way the pending ReadIndex round cannot be confirmed any more, and
+    # the read is answered then (retryable), not at its deadline.
+    leader = _leader(cluster)
+    node = leader if where == "leader" else next(
+        n for n in cluster.nodes.values() if n.role != Role.Leader)
+    answers = Answers()
+    cluster.net.isolate(leader.node_id)
+    started = cluster.reactor.seconds()
+    node.submit_read([b"GET", b"x"], True, answers, "r")
+    cluster.run_until(lambda: "r" in answers.got, seconds=leader.request_timeout_s + 5,
+                      what="an answer")
+    assert isinstance(answers.got["r"], NoLeaderError), answers.got["r"]
+    assert cluster.reactor.seconds() - started < leader.request_timeout_s
+    cluster.net.heal()
+    cluster.run(leader.request_timeout_s + 1)
+    assert answers.calls == 1
 
 
 def test_requests_in_flight_hold_no_reactor_timers(cluster):
