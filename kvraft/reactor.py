@@ -94,6 +94,8 @@ class KvraftReactor(EPollReactor):
     def doPoll(self, timeout):
         if self._noted_writers:
             self._flush_noted_writers()
+            if self._noted_writers:
+                timeout = 0  # those writes asked for more writes: do not block on them
         if timeout is None:
             timeout = -1  # block until something is ready or a timed call is due
         try:

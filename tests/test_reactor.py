@@ -278,3 +278,42 @@ def test_remove_all_includes_writers_not_yet_flushed(kv_reactor, spy_defaults):
     finally:
         client.close()
         port.stopListening()
+
+
+class Chained:
+    """A writer whose write makes another writer write (as a handler may)."""
+
+    def __init__(self, reactor, sock, then=None):
+        self.reactor, self.sock, self.then, self.writes = reactor, sock, then, 0
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def logPrefix(self):
+        return "chained"
+
+    def doWrite(self):
+        self.writes += 1
+        self.reactor.removeWriter(self)
+        if self.then is not None:
+            self.reactor.addWriter(self.then)
+
+    def connectionLost(self, reason):
+        pass
+
+
+def test_a_write_that_asks_for_another_does_not_wait_for_the_poll_timeout(kv_reactor):
+    a_out, a_in = socket.socketpair()
+    b_out, b_in = socket.socketpair()
+    try:
+        second = Chained(kv_reactor, b_in)
+        first = Chained(kv_reactor, a_in, then=second)
+        kv_reactor.addWriter(first)
+        started = time.monotonic()
+        kv_reactor.doPoll(5.0)  # would block 5 s if the chained write waited for events
+        assert first.writes == 1 and second.writes == 1
+        assert time.monotonic() - started < 2.0
+    finally:
+        kv_reactor.removeAll()
+        for s in (a_out, a_in, b_out, b_in):
+            s.close()
