@@ -110,7 +110,7 @@ class NodeRoot(MultiService):
             from kvraft import runtime
             runtime.tune_gc()
             log.info("garbage collector: startup state frozen, thresholds {thresholds}",
-                     thresholds=runtime.gc.get_threshold())
+                     thresholds=runtime.GC_THRESHOLDS)
 
     def stopService(self):
         if self.node is None or self.clock is None:

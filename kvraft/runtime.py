@@ -29,6 +29,7 @@ GC_GEN1_THRESHOLD = 20
 """Young collections between two middle ones (CPython: 10)."""
 GC_GEN2_THRESHOLD = 50
 """Middle collections between two full ones (CPython: 10)."""
+GC_THRESHOLDS = (GC_GEN0_THRESHOLD, GC_GEN1_THRESHOLD, GC_GEN2_THRESHOLD)
 
 
 def tune_gc() -> tuple[int, int, int]:
@@ -36,5 +37,5 @@ def tune_gc() -> tuple[int, int, int]:
     old = gc.get_threshold()
     gc.collect()  # what startup left as garbage should not be frozen forever
     gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, GC_GEN1_THRESHOLD, GC_GEN2_THRESHOLD)
+    gc.set_threshold(*GC_THRESHOLDS)
     return old

@@ -19,6 +19,15 @@ def _cut_off_followers(cluster, leader):
             cluster.net.blocked.add((leader.node_id, other))
 
 
+def _first_batch_stuck(cluster, leader, answers) -> int:
+    """Propose write "a" with the followers cut off, so that it cannot commit for now;
+    the leader's last log index after it."""
+    _cut_off_followers(cluster, leader)
+    leader.submit_write([b"SET", b"a", b"1"], answers, "a")
+    cluster.reactor.advance(0)
+    return leader.core.log.last_index()
+
+
 @pytest.fixture
 def answers():
     got = {}
@@ -35,10 +44,7 @@ def test_writes_that_arrive_while_the_last_batch_commits_wait_and_go_out_as_one_
     cluster = NodeCluster(tmp_path, raft={"proposal_hold_ms": 50})
     try:
         leader = _leader(cluster)
-        _cut_off_followers(cluster, leader)  # the first batch cannot commit for now
-        leader.submit_write([b"SET", b"a", b"1"], answers, "a")
-        cluster.reactor.advance(0)
-        first = leader.core.log.last_index()
+        first = _first_batch_stuck(cluster, leader, answers)
         for i in range(5):
             leader.submit_write([b"SET", b"k%d" % i, b"v"], answers, i)
             cluster.reactor.advance(0.005)
@@ -70,10 +76,7 @@ def test_no_hold_proposes_each_turn(tmp_path, answers):
     cluster = NodeCluster(tmp_path, raft={"proposal_hold_ms": 0})
     try:
         leader = _leader(cluster)
-        _cut_off_followers(cluster, leader)
-        leader.submit_write([b"SET", b"a", b"1"], answers, "a")
-        cluster.reactor.advance(0)
-        first = leader.core.log.last_index()
+        first = _first_batch_stuck(cluster, leader, answers)
         for i in range(3):
             leader.submit_write([b"SET", b"k%d" % i, b"v"], answers, i)
             cluster.reactor.advance(0)

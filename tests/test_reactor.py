@@ -213,12 +213,14 @@ def spy_defaults():
     Spy.extra, Spy.close = b"", False
 
 
-def test_small_writes_leave_without_epoll_ever_watching_the_socket(kv_reactor, spy_defaults):
+def test_small_writes_leave_without_epoll_ever_watching_the_socket(kv_reactor, spy_defaults,
+                                                                   monkeypatch):
+    from twisted.internet.epollreactor import EPollReactor
     port, client, server = serve(kv_reactor, extra=b"!")
     watched = []
-    real_add = type(kv_reactor).__mro__[1].addWriter
-    type(kv_reactor).__mro__[1].addWriter = lambda self, w: (watched.append(w),
-                                                              real_add(self, w))
+    real_add = EPollReactor.addWriter
+    monkeypatch.setattr(EPollReactor, "addWriter",
+                        lambda self, w: (watched.append(w), real_add(self, w)))
     try:
         for _ in range(3):
             client.sendall(b"ping")
@@ -226,7 +228,6 @@ def test_small_writes_leave_without_epoll_ever_watching_the_socket(kv_reactor, s
         assert watched == [] and not kv_reactor._writes
         assert server.transport not in kv_reactor.getWriters()
     finally:
-        type(kv_reactor).__mro__[1].addWriter = real_add
         client.close()
         port.stopListening()
 

@@ -14,14 +14,19 @@ from dataclasses import dataclass, field
 clock_ticks_per_s = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of ``pid`` so far; None if it is gone."""
+def _read_proc(pid: int, name: str) -> bytes | None:
+    """The text of ``/proc/<pid>/<name>``; None if the process is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
     except OSError:
         return None
-    return parse_stat_cpu(data)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` so far; None if it is gone."""
+    data = _read_proc(pid, "stat")
+    return None if data is None else parse_stat_cpu(data)
 
 
 def parse_stat_cpu(data: bytes) -> float:
@@ -37,12 +42,8 @@ def parse_stat_cpu(data: bytes) -> float:
 
 def memory_kib(pid: int) -> tuple[int, int] | None:
     """``(VmRSS, VmHWM)`` of ``pid`` in KiB; None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return parse_status_memory(data)
+    data = _read_proc(pid, "status")
+    return None if data is None else parse_status_memory(data)
 
 
 def parse_status_memory(data: bytes) -> tuple[int, int]:

@@ -218,12 +218,7 @@ class KvStateMachine:
 
     def apply(self, index: int, command: object) -> object:
         """Apply one command of the entry at ``index``; never raises for bad input."""
-        if index < self.last_applied:
-            raise ValueError(
-                f"apply(index={index}) after last_applied={self.last_applied}: entries "
-                "must be applied in log order (a bug in the caller)")
-        self.last_applied = index
-        self._keys.thaw_if_released()
+        self._enter_entry(index)
         spec = _resolve(command)
         if type(spec) is CommandError:
             return spec
@@ -235,14 +230,8 @@ class KvStateMachine:
 
         The common write, a plain ``SET key value``, skips the command table: it always
         succeeds, stores the value under a new revision and answers OK."""
-        if index < self.last_applied:
-            raise ValueError(
-                f"apply_batch(index={index}) after last_applied={self.last_applied}: "
-                "entries must be applied in log order (a bug in the caller)")
-        self.last_applied = index
-        keys = self._keys
-        keys.thaw_if_released()
-        put = keys.put
+        self._enter_entry(index)
+        put = self._keys.put
         run = self._run
         results = []
         append = results.append
@@ -258,6 +247,15 @@ class KvStateMachine:
             spec = _resolve(command)
             append(spec if type(spec) is CommandError else run(spec, command))
         return results
+
+    def _enter_entry(self, index: int) -> None:
+        """Start applying the entry at ``index`` (``apply``, ``apply_batch``)."""
+        if index < self.last_applied:
+            raise ValueError(
+                f"apply(index={index}) after last_applied={self.last_applied}: entries "
+                "must be applied in log order (a bug in the caller)")
+        self.last_applied = index
+        self._keys.thaw_if_released()
 
     def query(self, command: object) -> object:
         """Answer a read command from the current state, changing nothing. The common
