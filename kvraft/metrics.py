@@ -254,11 +254,25 @@ class MeteredBackend:
             self.submit_write = self._submit_write
         if callable(getattr(backend, "submit_read", None)):
             self.submit_read = self._submit_read
+        if callable(getattr(backend, "submit_writes", None)):
+            self.submit_writes = self._submit_writes
+        if callable(getattr(backend, "submit_reads", None)):
+            self.submit_reads = self._submit_reads
 
     def _submit_write(self, command: list, done, token) -> None:
         """Count, then ``backend.submit_write`` (refusals are counted by the node)."""
         self._writes[command[0]] += 1
         self.backend.submit_write(command, done, token)
+
+    def _submit_writes(self, commands: list, done, token) -> None:
+        """Count, then ``backend.submit_writes``."""
+        self._writes.update([command[0] for command in commands])
+        self.backend.submit_writes(commands, done, token)
+
+    def _submit_reads(self, commands: list, linearizable: bool, done, token) -> None:
+        """Count, then ``backend.submit_reads``."""
+        self._reads.update([command[0] for command in commands])
+        self.backend.submit_reads(commands, linearizable, done, token)
 
     def _submit_read(self, command: list, linearizable: bool, done, token) -> None:
         """Count, then ``backend.submit_read``."""

@@ -28,6 +28,7 @@ import heapq
 import os
 from collections import deque
 from collections.abc import Callable
+from itertools import chain
 from time import perf_counter
 from typing import Any
 
@@ -95,26 +96,82 @@ class CoreStorage:
 class _Batch:
     """Client requests that travel together (one proposal, or one ReadIndex round).
 
-    Request ``i`` is answered by ``dones[i](tokens[i], result)`` (see ``submit_write``).
+    A request is one command, answered by ``done(token, result)`` (``submit_write``),
+    or a *group* of consecutive commands answered once by ``done(token, results)``
+    with their results in order (``submit_writes``: a client's pipeline, one callback
+    instead of one per command). ``commands`` holds every command in order; ``spans``
+    is ``None`` while every request is a single command, else one per request:
+    ``None`` for a single, the command count for a group. ``bytes`` adds up the
+    commands' argument bytes (``raft.batch_bytes_max``).
     """
 
-    __slots__ = ("commands", "dones", "tokens", "key", "started_s")
+    __slots__ = ("commands", "dones", "tokens", "spans", "bytes", "key", "started_s")
 
     def __init__(self):
         self.commands: list = []
         self.dones: list[Callable[[Any, object], None]] = []
         self.tokens: list = []
+        self.spans: list[int | None] | None = None
+        self.bytes = 0
         self.key: Any = None
         self.started_s = 0.0  # perf_counter() when proposed / sent to ReadIndex (metrics)
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        """The number of commands (a group counts each of its commands)."""
+        return len(self.commands)
 
     def add(self, command, done: Callable[[Any, object], None], token: Any) -> None:
         """Queue one request: ``done(token, result)`` answers it."""
         self.commands.append(command)
         self.dones.append(done)
         self.tokens.append(token)
+        if self.spans is not None:
+            self.spans.append(None)
+
+    def add_group(self, commands: list, done: Callable[[Any, object], None],
+                  token: Any) -> None:
+        """Queue a group: ``done(token, results)`` answers all of ``commands`` at once."""
+        if self.spans is None:
+            self.spans = [None] * len(self.dones)
+        self.commands += commands
+        self.dones.append(done)
+        self.tokens.append(token)
+        self.spans.append(len(commands))
+
+    def take(self) -> tuple[list, list, list[int | None] | None]:
+        """Empty the batch (its requests are answered once only): their dones, tokens
+        and spans."""
+        taken = self.dones, self.tokens, self.spans
+        self.dones, self.tokens, self.commands, self.spans = [], [], [], None
+        return taken
+
+
+def _command_bytes(command) -> int:
+    """A command's argument bytes, for ``raft.batch_bytes_max`` (a list of bytes from
+    the client port; anything else, from a test or a plugin, counts as its msgpack)."""
+    try:
+        return sum(map(len, command))
+    except TypeError:
+        return len(msgpack.packb(command, use_bin_type=True))
+
+
+def _deliver(dones: list, tokens: list, spans: list | None, results: list) -> None:
+    """Answer the requests of a batch taken with ``_Batch.take``: ``results`` holds one
+    result per command, in order."""
+    if spans is None:
+        for done, token, result in zip(dones, tokens, results, strict=True):
+            _answer(done, token, result)
+        return
+    at = 0
+    for done, token, span in zip(dones, tokens, spans, strict=True):
+        if span is None:
+            _answer(done, token, results[at])
+            at += 1
+        else:
+            _answer(done, token, results[at:at + span])
+            at += span
+    if at != len(results):
+        raise ValueError(f"{len(results)} results for {at} commands")
 
 
 def _fire(d: defer.Deferred, result: object) -> None:
@@ -134,9 +191,9 @@ def _answer(done: Callable[[Any, object], None], token: Any, result: object) -> 
 
 
 def _fail_all(batch: _Batch, error: Exception) -> None:
-    """Answer every request of ``batch`` with ``error``, once: the batch is emptied."""
-    dones, tokens = batch.dones, batch.tokens
-    batch.dones, batch.tokens, batch.commands = [], [], []
+    """Answer every request of ``batch`` with ``error``, once: the batch is emptied.
+    A group gets the one error for all its commands."""
+    dones, tokens, _ = batch.take()
     for done, token in zip(dones, tokens, strict=True):
         _answer(done, token, error)
 
@@ -447,8 +504,41 @@ class RaftNodeService(Service):
             return
         batch = self._writes
         batch.add(command, done, token)
+        batch.bytes += _command_bytes(command)
         self._pending_writes += 1
-        if len(batch.commands) >= self.batch_commands_max:
+        if len(batch.commands) >= self.batch_commands_max \
+                or batch.bytes >= self.batch_bytes_max:
+            self._flush_writes()
+        if self._scheduled is None:
+            self._schedule()
+
+    def submit_writes(self, commands: list, done: Callable[[Any, object], None],
+                      token: Any) -> None:
+        """Several writes of one client, in order, answered together: ``done(token,
+        results)`` is called once with the list of their results in order, or with one
+        ``BackendError`` instance for all. They go into the log in order and next to
+        each other (one entry, unless that would pass ``raft.batch_commands_max`` or
+        ``raft.batch_bytes_max``: then the entry is cut before them), so a pipeline
+        costs one callback instead of one per command."""
+        count = len(commands)
+        if self._pending_writes + count > pending_writes_max:
+            done(token, OverloadedError(
+                f"too many writes in flight ({pending_writes_max}); retry shortly"))
+            return
+        try:
+            size = sum(map(len, chain.from_iterable(commands)))
+        except TypeError:
+            size = sum(map(_command_bytes, commands))
+        batch = self._writes
+        if batch.commands and (len(batch.commands) + count > self.batch_commands_max
+                               or batch.bytes + size > self.batch_bytes_max):
+            self._flush_writes()
+            batch = self._writes
+        batch.add_group(commands, done, token)
+        batch.bytes += size
+        self._pending_writes += count
+        if len(batch.commands) >= self.batch_commands_max \
+                or batch.bytes >= self.batch_bytes_max:
             self._flush_writes()
         if self._scheduled is None:
             self._schedule()
@@ -466,6 +556,23 @@ class RaftNodeService(Service):
         batch = self._reads
         batch.add(command, done, token)
         self._pending_reads += 1
+        if self._scheduled is None:
+            self._schedule()
+
+    def submit_reads(self, commands: list, linearizable: bool,
+                     done: Callable[[Any, object], None], token: Any) -> None:
+        """Several reads of one client, answered together (``done`` as for
+        ``submit_writes``); linearizable ones share a ReadIndex round."""
+        if not linearizable:
+            done(token, list(map(self.machine.query, commands)))
+            return
+        count = len(commands)
+        if self._pending_reads + count > pending_reads_max:
+            done(token, OverloadedError(
+                f"too many reads in flight ({pending_reads_max}); retry shortly"))
+            return
+        self._reads.add_group(commands, done, token)
+        self._pending_reads += count
         if self._scheduled is None:
             self._schedule()
 
@@ -827,11 +934,8 @@ class RaftNodeService(Service):
             return  # timed out already: the client was told the outcome is unknown
         self._pending_writes -= len(batch)
         self.metrics.proposal_committed(perf_counter() - batch.started_s)
-        for done, token, outcome in zip(batch.dones, batch.tokens, outcomes, strict=True):
-            try:
-                done(token, outcome)
-            except Exception:
-                log.failure("answering a client write failed")
+        dones, tokens, spans = batch.take()
+        _deliver(dones, tokens, spans, outcomes)
 
     # -- linearizable reads ----------------------------------------------------------------
 
@@ -851,11 +955,20 @@ class RaftNodeService(Service):
                 continue  # timed out and answered already
             self._pending_reads -= len(batch)
             self.metrics.reads_answered(len(batch), perf_counter() - batch.started_s)
-            query = self.machine.query
-            dones, tokens, commands = batch.dones, batch.tokens, batch.commands
-            batch.dones, batch.tokens, batch.commands = [], [], []  # answered: once only
-            for done, token, command in zip(dones, tokens, commands, strict=True):
-                try:
-                    done(token, query(command))
-                except Exception:
-                    log.failure("answering a client read failed")
+            commands = batch.commands
+            dones, tokens, spans = batch.take()  # answered: once only
+            try:
+                results = list(map(self.machine.query, commands))
+            except Exception:
+                results = list(map(self._query, commands))  # find the one that fails
+            _deliver(dones, tokens, spans, results)
+
+    def _query(self, command) -> object:
+        """The machine's answer to a confirmed read; a bug in it answers that read with
+        an error (logged) rather than never."""
+        try:
+            return self.machine.query(command)
+        except Exception:
+            log.failure("answering a client read failed")
+            return OutcomeUnknownError(
+                "the read failed on this node (logged for the operator); retry")

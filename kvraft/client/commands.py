@@ -86,6 +86,9 @@ class CommandSpec:
     validate: Validator | None = None
     """Checks and normalizes the arguments (after the arity check); ``None`` = upper-case
     the name and pass the arguments unchanged."""
+    plain_count: int = 0
+    """An argument count (the name included) at which ``validate`` has nothing to check
+    or change but the name's case (``SET k v``: 3); 0 = none."""
 
     def arity_ok(self, count: int) -> bool:
         """Whether ``count`` arguments (the name included) suit this command."""
@@ -243,8 +246,9 @@ _LOCAL = _L | _NL
 
 def _spec(name: str, arity: int, flags: CommandFlag, route: Route,
           keys: tuple[int, int, int] = (0, 0, 0),
-          validate: Validator | None = None) -> CommandSpec:
-    return CommandSpec(name, arity, flags, route, *keys, validate=validate)
+          validate: Validator | None = None, plain_count: int = 0) -> CommandSpec:
+    return CommandSpec(name, arity, flags, route, *keys, validate=validate,
+                       plain_count=plain_count)
 
 
 _SPECS = [
@@ -268,7 +272,7 @@ _SPECS = [
     _spec("keys", 2, _R, Route.READ),
     _spec("dbsize", 1, _R, Route.READ),
     # writes
-    _spec("set", -3, _W, Route.WRITE, (1, 1, 1), _set),
+    _spec("set", -3, _W, Route.WRITE, (1, 1, 1), _set, plain_count=3),
     _spec("setnx", 3, _W, Route.WRITE, (1, 1, 1)),
     _spec("getset", 3, _W, Route.WRITE, (1, 1, 1), _getset),
     _spec("del", -2, _W, Route.WRITE, (1, -1, 1)),
@@ -308,3 +312,25 @@ def resolve(args: list[bytes]) -> tuple[CommandSpec, list[bytes]]:
     if spec.validate is None:
         return spec, [name, *args[1:]]
     return spec, spec.validate(args)
+
+
+def resolve_many(commands: list[list[bytes]]) -> tuple[CommandSpec, list[list[bytes]]] | None:
+    """``resolve`` for a pipeline of one command with one argument count (``SET k v``
+    again and again, as bulk loaders and benchmarks send): the spec and the normalized
+    commands, exactly what ``resolve`` gives each. ``None`` when the commands differ or
+    any of them fails a check (``resolve`` them one by one for the error replies)."""
+    first = commands[0]
+    count = len(commands)
+    if (list(map(len, commands)).count(len(first)) != count
+            or [args[0] for args in commands].count(first[0]) != count):
+        return None
+    try:
+        spec, normalized = resolve(first)
+        validate = spec.validate
+        if validate is None or len(first) == spec.plain_count:
+            name = normalized[0]
+            return spec, [[name, *args[1:]] for args in commands]
+        return spec, [normalized, *map(validate, commands[1:])]
+    except InvalidCommandError:
+        return None
+

@@ -273,6 +273,17 @@ class RespParser:
                 return None
             return [args]
         args_max = self.args_max
+        if count is not None and count <= args_max:
+            # A pipeline of commands of one length (SET k v, SET k v...): checked
+            # column by column, each check one C-level pass over all the commands.
+            period = 2 * count + 1
+            commands, rest = divmod(complete, period)
+            if (not rest and commands <= max_commands
+                    and pieces[0:complete:period].count(pieces[0]) == commands):
+                columns = [pieces[at:complete:period] for at in range(2, period, 2)]
+                if all(pieces[at - 1:complete:period] == list(map(header_of, map(len, column)))
+                       for at, column in zip(range(2, period, 2), columns, strict=True)):
+                    return list(map(list, zip(*columns, strict=True)))
         i = 0
         while i < complete:
             count = counts.get(pieces[i])

@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable
+from itertools import chain
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
@@ -48,7 +49,7 @@ from zope.interface import implementer
 from kvraft import results
 from kvraft.client import local
 from kvraft.client.backend import AllowAll, IClientACL, IClientBackend
-from kvraft.client.commands import Route, resolve
+from kvraft.client.commands import Route, resolve, resolve_many
 from kvraft.client.errors import BackendError, InvalidCommandError, ProtocolError
 from kvraft.client.limits import ClientLimits, ClientStats
 from kvraft.client.resp import OK, RespParser, encode_error, encode_reply
@@ -75,6 +76,20 @@ class _Burst:
         self.pending = 0  # replies still awaited from the backend
         self.bytes = 0  # request and reply bytes held, for pending_bytes_max
         self.close = False  # the last reply closes the connection
+
+
+class _Group:
+    """Requests of one burst handed to the backend together (``submit_writes`` /
+    ``submit_reads``): all writes, or all reads of one kind (linearizable or not)."""
+
+    __slots__ = ("burst", "route", "linearizable", "indexes", "commands")
+
+    def __init__(self, burst: _Burst, route: Route | None, linearizable: bool) -> None:
+        self.burst = burst
+        self.route = route
+        self.linearizable = linearizable
+        self.indexes: list[int] = []  # their places in burst.replies
+        self.commands: list[list[bytes]] = []
 
 
 @implementer(IPushProducer)
@@ -127,6 +142,13 @@ class ClientProtocol(Protocol):
         backend = factory.backend
         self._submit_read = getattr(backend, "submit_read", None)
         self._submit_write = getattr(backend, "submit_write", None)
+        # ... and submit_reads/submit_writes: a pipeline's commands in one call, one
+        # answer (both or neither; only with the single-command ones).
+        self._submit_reads = getattr(backend, "submit_reads", None)
+        self._submit_writes = getattr(backend, "submit_writes", None)
+        self._grouping = (self._submit_reads is not None and self._submit_writes is not None
+                          and self._submit_read is not None and self._submit_write is not None)
+        self._group: _Group | None = None  # collecting while _run dispatches a burst
 
     # -- connection events ---------------------------------------------------------------
 
@@ -252,7 +274,11 @@ class ClientProtocol(Protocol):
             if not self._dispatch(burst, commands[0]):
                 self._held = commands  # behind a read/write boundary
             return burst
+        if self._grouping and self._run_uniform(burst, commands):
+            return burst
         bytes_max = self._limits.pending_bytes_max
+        if self._grouping:
+            self._group = _Group(burst, None, True)
         for i, args in enumerate(commands):
             if self._closing:
                 break
@@ -262,7 +288,58 @@ class ClientProtocol(Protocol):
             if not self._dispatch(burst, args):
                 self._held = commands[i:]  # behind a read/write boundary
                 break
+        group, self._group = self._group, None
+        if group is not None and group.commands:
+            self._submit_group(group)
         return burst
+
+    def _run_uniform(self, burst: _Burst, commands: list[list[bytes]]) -> bool:
+        """Dispatch a pipeline of one read or write command (``resolve_many``) as one
+        group, with one pass of checks instead of one per command; False (nothing done)
+        when anything calls for ``_dispatch``'s command-by-command rules: another kind
+        of command, an error, the ACL, a limit, a read/write boundary."""
+        uniform = resolve_many(commands)
+        if uniform is None:
+            return False
+        spec, normalized = uniform
+        route = spec.route
+        if route is not _WRITE and route is not _READ:
+            return False
+        size = sum(map(len, chain.from_iterable(commands)))
+        if self._closing or self._unwritten_bytes + size >= self._limits.pending_bytes_max:
+            return False
+        factory = self.factory
+        acl = factory.acl
+        if type(acl) is not AllowAll and not acl.authorize(self.identity, spec.flags):
+            return False
+        if route is not self._phase:
+            if self._awaiting:
+                self._held = commands  # behind a read/write boundary
+                return True
+            self._phase = route
+        count = len(commands)
+        replies = burst.replies
+        group = _Group(burst, route, not self.readonly)
+        group.indexes = list(range(len(replies), len(replies) + count))
+        group.commands = normalized
+        replies += [None] * count
+        burst.bytes += size
+        burst.pending += count
+        self._unwritten += count
+        self._unwritten_bytes += size
+        self._awaiting += count
+        factory.stats.commands += count
+        self.last_command = normalized[-1][0]
+        self._submit_group(group)
+        return True
+
+    def _submit_group(self, group: _Group) -> None:
+        """Hand a group to the backend: one call, one answer (``_on_group_done``)."""
+        token = (group.burst, group.indexes, self.protocol_version == 3)
+        if group.route is _READ:
+            self._submit_reads(group.commands, group.linearizable, self._on_group_done, token)
+        else:
+            self._submit_writes(group.commands, self._on_group_done, token)
 
     def _update_reading(self) -> None:
         if self._lost or self._hung_up:
@@ -368,12 +445,38 @@ class ClientProtocol(Protocol):
                     f"NOPERM this user has no permissions to run the '{spec.name}' command")
             # route is spec.route: set above (a failed resolve raised just now)
             if route is _LOCAL:
+                group = self._group
+                if group is not None and group.commands:
+                    # It may change the connection (HELLO 3, READONLY): what came
+                    # before is submitted as it was.
+                    self._submit_group(group)
+                    self._group = _Group(burst, None, True)
                 if spec.name == "quit":
                     data = local.OK
                     burst.close = self._closing = True
                 else:
                     data = local.run(self, command)
             else:
+                group = self._group
+                if group is not None:
+                    # A burst's reads (or writes) go to the backend together, in one
+                    # call when _run ends or another kind of request comes.
+                    if route is _WRITE or route is _READ:
+                        linearizable = not self.readonly
+                        if group.route is not route or group.linearizable is not linearizable:
+                            if group.commands:
+                                self._submit_group(group)
+                                group = self._group = _Group(burst, route, linearizable)
+                            else:
+                                group.route, group.linearizable = route, linearizable
+                        burst.pending += 1
+                        self._awaiting += 1
+                        group.indexes.append(index)
+                        group.commands.append(command)
+                        return True
+                    if group.commands:  # an admin command: what came before goes first
+                        self._submit_group(group)
+                        self._group = _Group(burst, None, True)
                 if route is _READ:
                     submit = self._submit_read
                     if submit is not None:
@@ -413,16 +516,50 @@ class ClientProtocol(Protocol):
     def _on_done(self, token: tuple, result: object) -> None:
         """The backend answered a submitted command (a result, or a BackendError)."""
         burst, index, resp3 = token
+        self._complete(burst, index, self._reply(result, resp3))
+
+    def _on_group_done(self, token: tuple, results: object) -> None:
+        """The backend answered a submitted group: a result per command, in order, or
+        one BackendError for all of them."""
+        burst, indexes, resp3 = token
+        count = len(indexes)
+        self._awaiting -= count
+        if self._lost:
+            return
+        if isinstance(results, Exception):
+            data = self._error_reply(results)
+            replies = [data] * count
+        elif results and results[0] is _OK_RESULT and results.count(_OK_RESULT) == count:
+            replies = [OK] * count  # a pipeline of SETs
+        else:
+            reply = self._reply
+            replies = [reply(result, resp3) for result in results]
+        if len(replies) != count:
+            raise ValueError(f"{len(replies)} results for {count} commands (a backend bug)")
+        stored = burst.replies
+        first = indexes[0]
+        if indexes[-1] - first == count - 1:  # in a row (always, from _run_uniform)
+            stored[first:first + count] = replies
+        else:
+            for index, data in zip(indexes, replies, strict=True):
+                stored[index] = data
+        size = sum(map(len, replies))
+        burst.pending -= count
+        burst.bytes += size
+        self._unwritten_bytes += size
+        if not self._pumping:
+            self._settled(burst)
+
+    def _reply(self, result: object, resp3: bool) -> bytes:
+        """The reply to a submitted command's result (a BackendError is an error)."""
         # The commonest answers (GET's value, SET's OK) are encoded here, calls saved.
         if type(result) is bytes:
-            data = b"$%d\r\n%s\r\n" % (len(result), result)
-        elif result is _OK_RESULT:
-            data = OK
-        elif isinstance(result, Exception):
-            data = self._error_reply(result)
-        else:
-            data = self._encode(result, resp3)
-        self._complete(burst, index, data)
+            return b"$%d\r\n%s\r\n" % (len(result), result)
+        if result is _OK_RESULT:
+            return OK
+        if isinstance(result, Exception):
+            return self._error_reply(result)
+        return self._encode(result, resp3)
 
     def _on_result(self, result: object, burst: _Burst, index: int, resp3: bool) -> None:
         self._complete(burst, index, self._encode(result, resp3))
@@ -440,8 +577,12 @@ class ClientProtocol(Protocol):
         size = len(data)
         burst.bytes += size
         self._unwritten_bytes += size
-        if self._pumping:
-            return  # the running pump writes it
+        if not self._pumping:  # else the running pump writes it
+            self._settled(burst)
+
+    def _settled(self, burst: _Burst) -> None:
+        """Replies of ``burst`` arrived outside the pump: write what is ready, and run
+        what waited for them."""
         if burst.pending:
             if self._held and not self._awaiting:
                 self._pump()  # the held commands can run now

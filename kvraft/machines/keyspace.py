@@ -120,6 +120,12 @@ class KeySpace:
 
     # -- writes ----------------------------------------------------------------------------
 
+    def live_dict(self) -> dict[bytes, bytes] | None:
+        """The map itself while nothing is frozen, for a loop of plain stores (``d[key]
+        = value``, the same as ``put``); ``None`` while frozen (use ``put``). Valid until
+        the next ``freeze``, ``replace`` or ``clear``."""
+        return self._base if self._delta is None else None
+
     def put(self, key: bytes, value: bytes) -> None:
         """Store ``value`` (non-empty) at ``key``."""
         delta = self._delta

@@ -231,21 +231,32 @@ class KvStateMachine:
         The common write, a plain ``SET key value``, skips the command table: it always
         succeeds, stores the value under a new revision and answers OK."""
         self._enter_entry(index)
-        put = self._keys.put
+        keys = self._keys
+        put = keys.put
+        live = keys.live_dict()  # None while a snapshot holds the map: then put()
+        pack = _pack_revision
         run = self._run
         results = []
         append = results.append
+        revision = self._revision
         for command in commands:
             if (type(command) is list and len(command) == 3
                     and type(name := command[0]) is bytes and name in _PLAIN_SET
                     and type(key := command[1]) is bytes
                     and type(value := command[2]) is bytes):
-                self._revision += 1
-                put(key, _pack_revision(self._revision) + value)
+                revision += 1
+                if live is not None:
+                    live[key] = pack(revision) + value
+                else:
+                    put(key, pack(revision) + value)
                 append(OK)
                 continue
+            self._revision = revision
             spec = _resolve(command)
             append(spec if type(spec) is CommandError else run(spec, command))
+            revision = self._revision
+            live = keys.live_dict()  # FLUSHALL replaces the map
+        self._revision = revision
         return results
 
     def _enter_entry(self, index: int) -> None:

@@ -175,18 +175,32 @@ def exchange(factory: ClientFactory, request: bytes) -> bytes:
     return transport.value()
 
 
+class Grouped(list):
+    """The commands of one ``submit_reads``/``submit_writes`` call, in a queue item."""
+
+
 class SubmitBackend(FakeBackend):
     """A FakeBackend that also offers the Deferred-free ``submit_read``/``submit_write``
     of ``kvraft.node.RaftNodeService``: requests queue until ``answer_all`` runs them and
     calls each ``done(token, result)``, as the node's Ready loop does. ``at_once=True``
     answers inside the submit call instead (as the node does when it refuses a request
-    or serves a stale read)."""
+    or serves a stale read).
 
-    def __init__(self, at_once: bool = False) -> None:
+    ``grouped=True`` offers ``submit_reads``/``submit_writes`` too (a pipeline's
+    commands in one call, one answer); the default is ``grouped_default``, which the
+    fast-path tests flip to run every test both ways."""
+
+    grouped_default = False
+
+    def __init__(self, at_once: bool = False, grouped: bool | None = None) -> None:
         super().__init__()
         self.at_once = at_once
         self.queue: list[tuple[str, list, object, object]] = []  # not yet answered
-        self.submitted: list[tuple[str, list]] = []  # every request, oldest first
+        self.submitted: list[tuple[str, list]] = []  # every command, oldest first
+        self.group_sizes: list[int] = []  # commands per submit_reads/submit_writes call
+        if self.grouped_default if grouped is None else grouped:
+            self.submit_reads = self._submit_reads
+            self.submit_writes = self._submit_writes
 
     def submit_read(self, command: list, linearizable: bool, done, token) -> None:
         self._submit("read", command, done, token)
@@ -194,18 +208,42 @@ class SubmitBackend(FakeBackend):
     def submit_write(self, command: list, done, token) -> None:
         self._submit("write", command, done, token)
 
+    def _submit_reads(self, commands: list, linearizable: bool, done, token) -> None:
+        self.group_sizes.append(len(commands))
+        self._submit("read", Grouped(commands), done, token)
+
+    def _submit_writes(self, commands: list, done, token) -> None:
+        self.group_sizes.append(len(commands))
+        self._submit("write", Grouped(commands), done, token)
+
     def _submit(self, kind: str, command: list, done, token) -> None:
-        self.submitted.append((kind, command))
+        if type(command) is Grouped:
+            self.submitted += [(kind, one) for one in command]
+        else:
+            self.submitted.append((kind, command))
         self.queue.append((kind, command, done, token))
         if self.at_once:
             self.answer_all()
 
     def kinds(self) -> list[str]:
-        """The kinds of every request submitted so far, oldest first."""
+        """The kinds of every command submitted so far, oldest first."""
         return [kind for kind, _ in self.submitted]
 
+    def queued(self) -> int:
+        """Commands submitted and not yet answered."""
+        return sum(len(c) if type(c) is Grouped else 1 for _, c, _, _ in self.queue)
+
     def answer_all(self, result: object = None) -> None:
-        """Answer every queued request: with ``result`` if given, else by running it."""
+        """Answer every queued request: with ``result`` if given, else by running it (a
+        group gets a list of results, or an exception ``result`` once, as the node
+        answers a refused group)."""
         queue, self.queue = self.queue, []
         for _, command, done, token in queue:
-            done(token, self.execute(command) if result is None else result)
+            if type(command) is not Grouped:
+                done(token, self.execute(command) if result is None else result)
+            elif result is None:
+                done(token, [self.execute(one) for one in command])
+            elif isinstance(result, Exception):
+                done(token, result)
+            else:
+                done(token, [result] * len(command))

@@ -1,6 +1,8 @@
 """kvraft.client.server's fast paths (whole multibulk commands in one read, replies
-through ``submit_read``/``submit_write``) behave exactly like the general pump: order,
-session order, limits, backpressure, closing."""
+through ``submit_read``/``submit_write``, a pipeline's commands through
+``submit_reads``/``submit_writes`` in one call) behave exactly like the general pump:
+order, session order, limits, backpressure, closing. Every test runs against a backend
+with and without the grouped calls."""
 
 from __future__ import annotations
 
@@ -9,6 +11,12 @@ from client_support import FakeBackend, SubmitBackend, connect, make_factory
 
 from kvraft.client.resp import encode_command
 from kvraft.results import OK
+
+
+@pytest.fixture(autouse=True, params=["single", "grouped"])
+def submit_mode(request, monkeypatch):
+    monkeypatch.setattr(SubmitBackend, "grouped_default", request.param == "grouped")
+    return request.param
 
 
 def cmd(*args: bytes) -> bytes:
@@ -94,9 +102,9 @@ def test_pending_requests_max_pauses_reading_with_one_command_per_read():
     protocol.dataReceived(cmd(b"GET", b"b"))
     assert transport.producerState == "paused"
     protocol.dataReceived(cmd(b"GET", b"c"))  # read before the pause took effect: kept
-    assert len(backend.queue) == 2
+    assert backend.queued() == 2
     backend.answer_all(b"x")
-    assert len(backend.queue) == 1  # the kept command runs once there is room
+    assert backend.queued() == 1  # the kept command runs once there is room
     assert transport.producerState == "producing"
     backend.answer_all(b"y")
     assert transport.value() == b"$1\r\nx\r\n" * 2 + b"$1\r\ny\r\n"
@@ -107,7 +115,7 @@ def test_a_whole_pipeline_beyond_the_room_is_limited_like_a_split_one():
     backend = SubmitBackend()
     protocol, transport = connect(make_factory(backend, pending_requests_max=4))
     protocol.dataReceived(gets(10))
-    assert len(backend.queue) == 4
+    assert backend.queued() == 4
     assert transport.producerState == "paused"
     while backend.queue:
         backend.answer_all(b"x")
@@ -188,7 +196,7 @@ def test_a_reply_after_the_connection_closed_is_dropped_on_the_fast_path():
 
 
 def test_replies_held_for_a_later_burst_count_against_pending_bytes_max():
-    backend = SubmitBackend()
+    backend = SubmitBackend(grouped=False)  # answers b and c one by one
     protocol, transport = connect(make_factory(backend, pending_bytes_max=300))
     protocol.dataReceived(cmd(b"GET", b"a"))
     protocol.dataReceived(cmd(b"GET", b"b") + cmd(b"GET", b"c"))
@@ -201,3 +209,74 @@ def test_replies_held_for_a_later_burst_count_against_pending_bytes_max():
     c[2](c[3], b"3")
     assert transport.producerState == "producing"
     assert transport.value().endswith(b"$1\r\n3\r\n")
+
+
+def test_a_pipeline_of_writes_is_one_submit_writes_call_and_one_reply_write():
+    backend = SubmitBackend(grouped=True)
+    protocol, transport = connect(make_factory(backend))
+    protocol.dataReceived(b"".join(cmd(b"SET", b"k%d" % i, b"v") for i in range(16)))
+    assert backend.group_sizes == [16]
+    backend.answer_all()
+    assert transport.value() == b"+OK\r\n" * 16
+    assert transport.writes == 1
+    assert protocol.pending_requests == 0 and protocol.buffered_bytes == 0
+
+
+def test_grouped_replies_mix_results_and_errors_in_order():
+    from kvraft.results import CommandError
+    backend = SubmitBackend(grouped=True)
+    protocol, transport = connect(make_factory(backend))
+    protocol.dataReceived(gets(3))
+    (_, commands, done, token), = backend.queue
+    done(token, [b"one", CommandError("WRONGTYPE no"), None])
+    assert transport.value() == b"$3\r\none\r\n-WRONGTYPE no\r\n$-1\r\n"
+
+
+def test_a_refused_request_answers_every_command_with_the_error():
+    from kvraft.client.errors import OverloadedError
+    backend = SubmitBackend()
+    protocol, transport = connect(make_factory(backend))
+    protocol.dataReceived(b"".join(cmd(b"SET", b"k%d" % i, b"v") for i in range(3)))
+    backend.answer_all(OverloadedError("too many writes in flight; retry shortly"))
+    replies = transport.value().split(b"\r\n")[:-1]
+    assert len(replies) == 3 and all(r.startswith(b"-") for r in replies)
+    assert protocol.pending_requests == 0
+
+
+def test_an_admin_command_in_a_pipeline_keeps_its_place_among_the_writes():
+    backend = SubmitBackend(grouped=True)
+    order = []
+    backend.admin = lambda command: (order.append(("admin", backend.kinds())),
+                                     FakeBackend.admin(backend, command))[1]
+    protocol, transport = connect(make_factory(backend))
+    protocol.dataReceived(cmd(b"SET", b"a", b"1") + cmd(b"SET", b"b", b"1") + cmd(b"FLUSHALL")
+                          + cmd(b"SET", b"c", b"1"))
+    assert order == [("admin", ["write", "write"])]  # the writes before went first
+    assert backend.group_sizes == [2, 1]
+    backend.answer_all()
+    assert transport.value() == b"+OK\r\n" * 4
+
+
+def test_hello_3_in_a_pipeline_changes_only_the_replies_after_it():
+    backend = SubmitBackend(grouped=True)
+    protocol, transport = connect(make_factory(backend))
+    protocol.dataReceived(cmd(b"GET", b"missing") + cmd(b"HELLO", b"3")
+                          + cmd(b"GET", b"missing"))
+    backend.answer_all()
+    out = transport.value()
+    assert out.startswith(b"$-1\r\n") and out.endswith(b"_\r\n")
+    assert backend.group_sizes == [1, 1]
+
+
+def test_readonly_in_a_pipeline_splits_the_reads_by_consistency():
+    backend = SubmitBackend(grouped=True)
+    seen = []
+    submit_reads = backend.submit_reads
+    backend.submit_reads = lambda commands, linearizable, done, token: (
+        seen.append((len(commands), linearizable)),
+        submit_reads(commands, linearizable, done, token))
+    protocol, transport = connect(make_factory(backend))
+    protocol.dataReceived(gets(2) + cmd(b"READONLY") + gets(3))
+    assert seen == [(2, True), (3, False)]
+    backend.answer_all()
+    assert transport.value() == b"$-1\r\n" * 2 + b"+OK\r\n" + b"$-1\r\n" * 3
