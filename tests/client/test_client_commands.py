@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import pytest
 from client_support import RAFT_INFO, FakeBackend, connect, exchange, make_factory
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kvraft.client.commands import COMMANDS, CommandFlag, Route, parse_int64, resolve
+from kvraft.client.commands import (
+    COMMANDS,
+    CommandFlag,
+    Route,
+    parse_int64,
+    resolve,
+    resolve_many,
+)
 from kvraft.client.errors import InvalidCommandError
 
 
@@ -106,6 +115,40 @@ def test_unknown_command_error_shows_at_most_128_characters_of_arguments():
     error = rejected(b"nosuch " + b" ".join([b"x" * 50] * 5))
     shown = error.split("with args beginning with: ", 1)[1]
     assert shown == "'" + "x" * 50 + "' '" + "x" * 50 + "' '" + "x" * 22 + "' "
+
+
+_words = st.sampled_from([b"SET", b"set", b"GET", b"Get", b"INCRBY", b"NX", b"XX", b"GET",
+                          b"EX", b"10", b"k", b"v", b"", b"PING", b"IFEQ", b"NOPE"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_words, min_size=1, max_size=5).flatmap(
+    lambda first: st.lists(st.lists(_words, min_size=len(first) - 1,
+                                    max_size=len(first) - 1).map(lambda rest: [first[0], *rest]),
+                           min_size=1, max_size=4).map(lambda more: [first, *more])))
+def test_resolve_many_is_resolve_of_each_or_declines(commands):
+    # Pipelines of one command name and argument count, with arguments that are valid
+    # or not for it (SET k v NX, SET k v EX 10, SET k v GET...).
+    try:
+        expected = [resolve(args) for args in commands]
+    except InvalidCommandError:
+        expected = None
+    got = resolve_many(commands)
+    if expected is None:
+        assert got is None  # an error: resolved one by one for its reply
+    elif got is not None:
+        spec, normalized = got
+        assert [spec] * len(commands) == [e[0] for e in expected]
+        assert normalized == [e[1] for e in expected]
+
+
+def test_resolve_many_takes_a_pipeline_of_plain_sets_and_declines_mixed_ones():
+    sets = [[b"set", b"k%d" % i, b"v"] for i in range(3)]
+    spec, normalized = resolve_many(sets)
+    assert spec.name == "set" and normalized == [[b"SET", b"k%d" % i, b"v"] for i in range(3)]
+    assert resolve_many([[b"SET", b"k", b"v"], [b"GET", b"k"]]) is None
+    assert resolve_many([[b"SET", b"k", b"v"], [b"SET", b"k", b"v", b"NX"]]) is None
+    assert resolve_many([[b"SET", b"k", b"v", b"NX"], [b"SET", b"k", b"v", b"EX"]]) is None
 
 
 @pytest.mark.parametrize(("text", "value"), [

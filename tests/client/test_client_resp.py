@@ -390,8 +390,18 @@ multibulk_streams = st.lists(st.lists(st.binary(max_size=12), min_size=1, max_si
     lambda commands: b"".join(encode_command(c) for c in commands))
 
 
+# Pipelines of commands with one argument count: take_whole checks them column by column.
+uniform_streams = st.integers(1, 3).flatmap(
+    lambda count: st.lists(st.lists(st.binary(max_size=12), min_size=count, max_size=count),
+                           min_size=2, max_size=6)).map(
+    lambda commands: b"".join(encode_command(c) for c in commands))
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(multibulk_streams, streams().map(lambda s: s[1]), mutated_streams(),
+@given(st.one_of(multibulk_streams, uniform_streams, streams().map(lambda s: s[1]),
+                 mutated_streams(), uniform_streams.flatmap(
+                     lambda data: st.integers(0, len(data) - 1).map(
+                         lambda at: data[:at] + b"\r\n" + data[at + 1:])),
                  st.binary(max_size=200)),
        st.integers(0, 8))
 def test_take_whole_is_take_or_declines_without_consuming(data, max_commands):
