@@ -160,7 +160,10 @@ def _deliver(dones: list, tokens: list, spans: list | None, results: list) -> No
     result per command, in order."""
     if spans is None:
         for done, token, result in zip(dones, tokens, results, strict=True):
-            _answer(done, token, result)
+            try:
+                done(token, result)
+            except Exception:
+                log.failure("answering a client request failed")
         return
     at = 0
     for done, token, span in zip(dones, tokens, spans, strict=True):

@@ -329,6 +329,8 @@ def resolve_many(commands: list[list[bytes]]) -> tuple[CommandSpec, list[list[by
         validate = spec.validate
         if validate is None or len(first) == spec.plain_count:
             name = normalized[0]
+            if first[0] == name:
+                return spec, commands  # already normalized (the name in capitals)
             return spec, [[name, *args[1:]] for args in commands]
         return spec, [normalized, *map(validate, commands[1:])]
     except InvalidCommandError:

@@ -397,10 +397,12 @@ class ClientProtocol(Protocol):
                 or not transport.connected or transport.disconnecting):
             transport.write(data)
             return
-        sent = transport.writeSomeData(data)
-        if type(sent) is not int:
-            transport.write(data)  # the connection broke: let the transport find out
-        elif sent < len(data):
+        try:
+            sent = transport.socket.send(data)  # writeSomeData without its two calls
+        except OSError:
+            transport.write(data)  # would block, or broke: the transport finds out
+            return
+        if sent < len(data):
             transport.write(data[sent:])
 
     def _dispatch(self, burst: _Burst, args: list[bytes]) -> bool:
@@ -670,7 +672,8 @@ def _can_send_now(transport: object) -> bool:
     """Whether ``transport`` is a plain Twisted TCP connection whose buffer we can check
     (``ClientProtocol._send_now``); TLS and test transports buffer as usual."""
     return (isinstance(transport, tcp.Connection) and hasattr(transport, "_tempDataBuffer")
-            and hasattr(transport, "offset") and hasattr(transport, "dataBuffer"))
+            and hasattr(transport, "offset") and hasattr(transport, "dataBuffer")
+            and hasattr(transport, "socket"))
 
 
 class _RefusedProtocol(Protocol):
