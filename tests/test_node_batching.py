@@ -95,83 +95,86 @@ def _entry_sizes(leader, after: int) -> list[int]:
     return [len(msgpack.unpackb(e.data, raw=False)[2]) for e in entries if e.data]
 
 
-def test_a_group_of_writes_is_answered_once_with_every_result_in_order(tmp_path, answers):
-    cluster = NodeCluster(tmp_path)
-    try:
-        leader = _leader(cluster)
-        leader.submit_write([b"SET", b"x", b"1"], answers, "single")
-        leader.submit_writes([[b"SET", b"x", b"2"], [b"INCRBY", b"x", b"5"],
-                              [b"SET", b"x", b"3", b"NX"]], answers, "group")
-        leader.submit_write([b"INCRBY", b"x", b"1"], answers, "after")
-        cluster.run_until(lambda: len(answers.got) == 3, what="all answered")
-        assert str(answers.got["single"]) == "OK"
-        group = answers.got["group"]
-        assert [str(group[0]), group[1], group[2]] == ["OK", 7, None]
-        assert answers.got["after"] == 8  # in the log after the whole group
-    finally:
+@pytest.fixture
+def make_cluster(tmp_path):
+    """``make_cluster(**raft)``: a NodeCluster closed when the test ends."""
+    made = []
+
+    def make(**raft):
+        made.append(NodeCluster(tmp_path, raft=raft))
+        return made[-1]
+    yield make
+    for cluster in made:
         cluster.close()
 
 
-def test_a_batch_is_cut_before_a_group_that_would_pass_batch_commands_max(tmp_path, answers):
-    cluster = NodeCluster(tmp_path, raft={"batch_commands_max": 4})
-    try:
-        leader = _leader(cluster)
-        first = _first_batch_stuck(cluster, leader, answers)  # later writes wait
-        leader.submit_writes([[b"SET", b"a%d" % i, b"v"] for i in range(3)], answers, "g1")
-        leader.submit_writes([[b"SET", b"b%d" % i, b"v"] for i in range(3)], answers, "g2")
-        cluster.net.heal()
-        cluster.run_until(lambda: len(answers.got) == 3, what="all answered")
-        assert _entry_sizes(leader, first) == [3, 3]  # never 4 + 2: a group stays whole
-        assert [str(r) for r in answers.got["g2"]] == ["OK"] * 3
-    finally:
-        cluster.close()
+def _a_follower(cluster, leader):
+    return next(n for n in cluster.nodes.values() if n is not leader)
+
+
+def test_a_group_of_writes_is_answered_once_with_every_result_in_order(make_cluster, answers):
+    cluster = make_cluster()
+    leader = _leader(cluster)
+    leader.submit_write([b"SET", b"x", b"1"], answers, "single")
+    leader.submit_writes([[b"SET", b"x", b"2"], [b"INCRBY", b"x", b"5"],
+                          [b"SET", b"x", b"3", b"NX"]], answers, "group")
+    leader.submit_write([b"INCRBY", b"x", b"1"], answers, "after")
+    cluster.run_until(lambda: len(answers.got) == 3, what="all answered")
+    assert str(answers.got["single"]) == "OK"
+    group = answers.got["group"]
+    assert [str(group[0]), group[1], group[2]] == ["OK", 7, None]
+    assert answers.got["after"] == 8  # in the log after the whole group
+
+
+def test_a_batch_is_cut_before_a_group_that_would_pass_batch_commands_max(
+        make_cluster, answers):
+    cluster = make_cluster(batch_commands_max=4)
+    leader = _leader(cluster)
+    first = _first_batch_stuck(cluster, leader, answers)  # later writes wait
+    leader.submit_writes([[b"SET", b"a%d" % i, b"v"] for i in range(3)], answers, "g1")
+    leader.submit_writes([[b"SET", b"b%d" % i, b"v"] for i in range(3)], answers, "g2")
+    cluster.net.heal()
+    cluster.run_until(lambda: len(answers.got) == 3, what="all answered")
+    assert _entry_sizes(leader, first) == [3, 3]  # never 4 + 2: a group stays whole
+    assert [str(r) for r in answers.got["g2"]] == ["OK"] * 3
 
 
 def test_writes_beyond_batch_bytes_max_go_into_several_entries_and_all_succeed(
-        tmp_path, answers):
+        make_cluster, answers):
     # Twenty 100 kB values (2 MB) in one turn: one entry would pass max_msg_bytes
     # (1 MiB) and the core would refuse it whole ("too-large").
-    cluster = NodeCluster(tmp_path, raft={"batch_bytes_max": 300_000})
-    try:
-        leader = _leader(cluster)
-        first = leader.core.log.last_index()
-        for i in range(20):
-            leader.submit_write([b"SET", b"big%d" % i, b"v" * 100_000], answers, i)
-        cluster.run_until(lambda: len(answers.got) == 20, what="all answered")
-        assert all(str(result) == "OK" for result in answers.got.values()), answers.got
-        sizes = _entry_sizes(leader, first)
-        assert sum(sizes) == 20 and max(sizes) <= 3
-    finally:
-        cluster.close()
+    cluster = make_cluster(batch_bytes_max=300_000)
+    leader = _leader(cluster)
+    first = leader.core.log.last_index()
+    for i in range(20):
+        leader.submit_write([b"SET", b"big%d" % i, b"v" * 100_000], answers, i)
+    cluster.run_until(lambda: len(answers.got) == 20, what="all answered")
+    assert all(str(result) == "OK" for result in answers.got.values()), answers.got
+    sizes = _entry_sizes(leader, first)
+    assert sum(sizes) == 20 and max(sizes) <= 3
 
 
-def test_a_refused_group_gets_one_error_for_all_its_commands(tmp_path, answers):
+def test_a_refused_group_gets_one_error_for_all_its_commands(make_cluster, answers):
     from kvraft.client.errors import NoLeaderError
-    cluster = NodeCluster(tmp_path)
-    try:
-        leader = _leader(cluster)
-        follower = next(n for n in cluster.nodes.values() if n is not leader)
-        for other in cluster.nodes:
-            cluster.net.isolate(other)
-        cluster.run_until(lambda: follower.core.lead == "", seconds=60,
-                          what="the follower to lose its leader")
-        follower.submit_writes([[b"SET", b"a", b"1"], [b"SET", b"b", b"1"]], answers, "g")
-        cluster.run_until(lambda: "g" in answers.got, seconds=60, what="an answer")
-        assert isinstance(answers.got["g"], NoLeaderError)
-    finally:
-        cluster.close()
+    cluster = make_cluster()
+    leader = _leader(cluster)
+    follower = _a_follower(cluster, leader)
+    for other in cluster.nodes:
+        cluster.net.isolate(other)
+    cluster.run_until(lambda: follower.core.lead == "", seconds=60,
+                      what="the follower to lose its leader")
+    follower.submit_writes([[b"SET", b"a", b"1"], [b"SET", b"b", b"1"]], answers, "g")
+    cluster.run_until(lambda: "g" in answers.got, seconds=60, what="an answer")
+    assert isinstance(answers.got["g"], NoLeaderError)
 
 
-def test_a_group_of_reads_is_answered_once_after_its_readindex_round(tmp_path, answers):
-    cluster = NodeCluster(tmp_path)
-    try:
-        leader = _leader(cluster)
-        leader.submit_writes([[b"SET", b"a", b"1"], [b"SET", b"b", b"2"]], answers, "w")
-        cluster.run_until(lambda: "w" in answers.got, what="the writes")
-        follower = next(n for n in cluster.nodes.values() if n is not leader)
-        follower.submit_reads([[b"GET", b"a"], [b"GET", b"missing"], [b"GET", b"b"]], True,
-                              answers, "r")
-        cluster.run_until(lambda: "r" in answers.got, what="the reads")
-        assert answers.got["r"] == [b"1", None, b"2"]
-    finally:
-        cluster.close()
+def test_a_group_of_reads_is_answered_once_after_its_readindex_round(make_cluster, answers):
+    cluster = make_cluster()
+    leader = _leader(cluster)
+    leader.submit_writes([[b"SET", b"a", b"1"], [b"SET", b"b", b"2"]], answers, "w")
+    cluster.run_until(lambda: "w" in answers.got, what="the writes")
+    follower = _a_follower(cluster, leader)
+    follower.submit_reads([[b"GET", b"a"], [b"GET", b"missing"], [b"GET", b"b"]], True,
+                          answers, "r")
+    cluster.run_until(lambda: "r" in answers.got, what="the reads")
+    assert answers.got["r"] == [b"1", None, b"2"]

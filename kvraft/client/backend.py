@@ -34,6 +34,17 @@ class IClientBackend(Interface):
     Deferred that never fires stalls that connection. Failures use the exceptions of
     ``kvraft.client.errors``; anything else is logged as a bug and answered
     ``-ERR internal error``.
+
+    Optional fast paths, found by attribute (``kvraft.node.RaftNodeService`` has all
+    four; ``kvraft.metrics.MeteredBackend`` passes them on):
+    ``submit_write(command, done, token)`` and ``submit_read(command, linearizable,
+    done, token)`` answer by calling ``done(token, result)`` exactly once (a
+    ``BackendError`` instance for a failure) instead of returning a Deferred;
+    ``submit_writes(commands, done, token)`` and ``submit_reads(commands,
+    linearizable, done, token)`` take a pipeline's commands (in order, each a list of
+    bytes) and call ``done(token, results)`` once, with a list of the results in order or
+    one ``BackendError`` for all. A connection uses the grouped pair only if all four
+    are there.
     """
 
     node_id = Attribute("This node's id (str), shown by INFO and HELLO.")
