@@ -152,8 +152,9 @@ class NodeMetrics:
         self.failures["write", reason] += commands
 
     def proposal_failed(self, reason: str, commands: int = 1) -> None:
-        """An accepted batch of ``commands`` writes ended without a known outcome
-        (``"timeout"``)."""
+        """An accepted batch of ``commands`` writes ended without being applied:
+        ``"timeout"`` (outcome unknown), or ``"lost"`` (another entry was committed where
+        the leader had appended it: not applied, the clients may retry)."""
         self.proposals_failed[reason] += 1
         self.failures["write", reason] += commands
 

@@ -239,6 +239,9 @@ class RaftNodeService(Service):
         # (deadline, seq) of proposed write batches and (deadline, batch) of read rounds,
         # in deadline order (_expire_requests).
         self._write_deadlines: deque[tuple[float, int]] = deque()
+        # Log index -> seq of the write batches this node appended as leader: when another
+        # entry is applied at that index, the batch is known not to be applied (_apply).
+        self._proposed_at: dict[int, int] = {}
         self._last_proposal: tuple[int, int, float] | None = None  # (seq, term, when)
         self._hold_call = None  # wakes _run when a held proposal's hold ends
         self.proposal_hold_s = settings.proposal_hold_ms / 1000.0
@@ -318,6 +321,7 @@ class RaftNodeService(Service):
         error = OutcomeUnknownError("the node is shutting down; the outcome is unknown")
         for batch in list(self._proposed.values()):
             _fail_all(batch, error)
+        self._proposed_at.clear()
         for batch in list(self._reading.values()) + [b for _, _, b in self._reads_ready]:
             _fail_all(batch, NoLeaderError("the node is shutting down"))
         _fail_all(self._writes, NoLeaderError("the node is shutting down"))
@@ -624,6 +628,9 @@ class RaftNodeService(Service):
             _fail_all(batch, error)
             return
         self._proposed[seq] = batch
+        if self.core.role is Role.Leader:  # appended to our own log, at its end
+            batch.key = index = self.core.log.last_index()
+            self._proposed_at[index] = seq
         self._last_proposal = (seq, self.core.term, self.reactor.seconds())
         self.metrics.proposed(len(batch.commands))
         batch.started_s = perf_counter()
@@ -632,6 +639,8 @@ class RaftNodeService(Service):
     def _write_timeout(self, seq: int) -> None:
         batch = self._proposed.pop(seq, None)
         if batch is not None:
+            if batch.key is not None and self._proposed_at.get(batch.key) == seq:
+                del self._proposed_at[batch.key]
             self.metrics.proposal_failed("timeout", len(batch))
             self._pending_writes -= len(batch)
             _fail_all(batch, OutcomeUnknownError(
@@ -871,6 +880,10 @@ class RaftNodeService(Service):
         """The core accepted a snapshot from the leader (its body was received and its
         checksum verified): publish it (fsync), restore the machine, restart the log."""
         meta = snapshot.metadata
+        # Entries up to meta.index are never applied here one by one: batches at those
+        # indexes wait out their timeout (their outcome is unknown to this node).
+        for index in [i for i in self._proposed_at if i <= meta.index]:
+            del self._proposed_at[index]
         self.snapshot_receiver.publish(meta)
         header = self.snapshotter.install(meta)
         self._durable_index = meta.index
@@ -894,7 +907,10 @@ class RaftNodeService(Service):
         machine = self.machine
         apply_batch = machine.apply_batch if IBatchStateMachine.providedBy(machine) else None
         unpack = msgpack.unpackb
+        proposed_at = self._proposed_at
         for entry in entries:
+            mine = proposed_at.pop(entry.index, None) if proposed_at else None
+            applied = None  # the seq of our batch this entry carries
             if entry.type == EntryType.Normal and entry.data:
                 try:
                     origin, seq, commands = unpack(entry.data, raw=False)
@@ -902,22 +918,39 @@ class RaftNodeService(Service):
                     log.error("entry {index} is not a command batch; skipped on every node",
                               index=entry.index)
                     machine.set_last_applied(entry.index)
-                    continue
-                if apply_batch is not None:
-                    outcomes = apply_batch(entry.index, commands)
                 else:
-                    outcomes = [machine.apply(entry.index, command) for command in commands]
-                if not commands:
-                    machine.set_last_applied(entry.index)
-                if origin == self._origin:
-                    self._resolve(seq, outcomes)
+                    if apply_batch is not None:
+                        outcomes = apply_batch(entry.index, commands)
+                    else:
+                        outcomes = [machine.apply(entry.index, c) for c in commands]
+                    if not commands:
+                        machine.set_last_applied(entry.index)
+                    if origin == self._origin:
+                        applied = seq
+                        self._resolve(seq, outcomes)
             elif entry.type == EntryType.ConfChange:
                 self._apply_conf_change(entry)
             else:
                 machine.set_last_applied(entry.index)
+            if mine is not None and mine != applied:
+                self._write_lost(mine, entry.index)
         if entries:
             self.metrics.applied(len(entries), perf_counter() - started)
             self._after_apply(entries)
+
+    def _write_lost(self, seq: int, index: int) -> None:
+        """Another entry was committed at ``index``, where this node, as leader, had
+        appended the write batch ``seq``: entries never move, and a batch is proposed
+        once, so it is not applied and never will be. Its clients hear so at once (safe
+        to retry) instead of an unknown outcome when ``request_timeout_ms`` passes."""
+        batch = self._proposed.pop(seq, None)
+        if batch is None or not batch.tokens:
+            return
+        self._pending_writes -= len(batch)
+        self.metrics.proposal_failed("lost", len(batch))
+        _fail_all(batch, NoLeaderError(
+            f"the leader changed before this write was committed and log index {index} "
+            "holds another entry: it was not applied; retry"))
 
     def _apply_conf_change(self, entry) -> None:
         """A committed membership change: the core adopts it; we remember the new

@@ -146,8 +146,9 @@ class NodeCollector:
             _counter("kvraft_proposals_dropped_total",
                      "Write batches the core refused, by reason.", m.proposals_dropped,
                      "reason"),
-            _counter("kvraft_proposals_failed_total", "Accepted write batches whose outcome "
-                     "was not learned in time, by reason.", m.proposals_failed, "reason"),
+            _counter("kvraft_proposals_failed_total", "Accepted write batches that were not "
+                     "applied, by reason: timeout (outcome unknown), lost (another entry "
+                     "was committed in their place).", m.proposals_failed, "reason"),
             _histogram("kvraft_proposal_commands", "Client writes per proposed batch.",
                        m.proposal_commands),
             _histogram("kvraft_fsync_seconds", "Durable write of one Ready (log sync and "
