@@ -178,3 +178,23 @@ def test_a_group_of_reads_is_answered_once_after_its_readindex_round(make_cluste
                           answers, "r")
     cluster.run_until(lambda: "r" in answers.got, what="the reads")
     assert answers.got["r"] == [b"1", None, b"2"]
+
+
+def test_a_read_the_machine_fails_on_is_answered_with_an_error_and_the_rest_normally(
+        make_cluster, answers, monkeypatch):
+    from kvraft.client.errors import BackendError
+    cluster = make_cluster()
+    leader = _leader(cluster)
+    query = leader.machine.query
+
+    def broken(command):
+        if command[1] == b"bad":
+            raise RuntimeError("a state machine bug")
+        return query(command)
+    monkeypatch.setattr(leader.machine, "query", broken)
+    leader.submit_read([b"GET", b"a"], True, answers, "a")
+    leader.submit_reads([[b"GET", b"bad"], [b"GET", b"b"]], True, answers, "group")
+    cluster.run_until(lambda: len(answers.got) == 2, what="both answered")
+    assert answers.got["a"] is None
+    bad, b = answers.got["group"]
+    assert isinstance(bad, BackendError) and b is None
