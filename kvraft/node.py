@@ -571,7 +571,7 @@ class RaftNodeService(Service):
         """Several reads of one client, answered together (``done`` as for
         ``submit_writes``); linearizable ones share a ReadIndex round."""
         if not linearizable:
-            done(token, list(map(self.machine.query, commands)))
+            done(token, self._query_all(commands))
             return
         count = len(commands)
         if self._pending_reads + count > pending_reads_max:
@@ -993,11 +993,14 @@ class RaftNodeService(Service):
             self.metrics.reads_answered(len(batch), perf_counter() - batch.started_s)
             commands = batch.commands
             dones, tokens, spans = batch.take()  # answered: once only
-            try:
-                results = list(map(self.machine.query, commands))
-            except Exception:
-                results = list(map(self._query, commands))  # find the one that fails
-            _deliver(dones, tokens, spans, results)
+            _deliver(dones, tokens, spans, self._query_all(commands))
+
+    def _query_all(self, commands: list) -> list:
+        """The machine's answers to ``commands``, one by one (``_query``) if it fails."""
+        try:
+            return list(map(self.machine.query, commands))
+        except Exception:
+            return list(map(self._query, commands))  # find the one that fails
 
     def _query(self, command) -> object:
         """The machine's answer to a confirmed read; a bug in it answers that read with

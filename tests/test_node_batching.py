@@ -198,3 +198,14 @@ def test_a_read_the_machine_fails_on_is_answered_with_an_error_and_the_rest_norm
     assert answers.got["a"] is None
     bad, b = answers.got["group"]
     assert isinstance(bad, BackendError) and b is None
+
+
+def test_a_stale_read_group_the_machine_fails_on_is_answered_too(make_cluster, answers,
+                                                                 monkeypatch):
+    from kvraft.client.errors import BackendError
+    cluster = make_cluster()
+    leader = _leader(cluster)
+    monkeypatch.setattr(leader.machine, "query", lambda command: 1 / 0)
+    leader.submit_reads([[b"GET", b"a"]], False, answers, "stale")  # READONLY: at once
+    (error,) = answers.got["stale"]
+    assert isinstance(error, BackendError)
