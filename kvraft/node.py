@@ -102,7 +102,8 @@ class _Batch:
     instead of one per command). ``commands`` holds every command in order; ``spans``
     is ``None`` while every request is a single command, else one per request:
     ``None`` for a single, the command count for a group. ``bytes`` adds up the
-    commands' argument bytes (``raft.batch_bytes_max``).
+    commands' argument bytes (``raft.batch_bytes_max``). ``key`` is a read round's
+    context, or the log index of a write batch this node appended as leader.
     """
 
     __slots__ = ("commands", "dones", "tokens", "spans", "bytes", "key", "started_s")
@@ -155,10 +156,18 @@ def _command_bytes(command) -> int:
         return len(msgpack.packb(command, use_bin_type=True))
 
 
+def _commands_bytes(commands: list) -> int:
+    """``_command_bytes`` of every command, in one C-level pass when all are bytes."""
+    try:
+        return sum(map(len, chain.from_iterable(commands)))
+    except TypeError:
+        return sum(map(_command_bytes, commands))
+
+
 def _deliver(dones: list, tokens: list, spans: list | None, results: list) -> None:
     """Answer the requests of a batch taken with ``_Batch.take``: ``results`` holds one
     result per command, in order."""
-    if spans is None:
+    if spans is None:  # one request per command: _answer inlined, a call saved each
         for done, token, result in zip(dones, tokens, results, strict=True):
             try:
                 done(token, result)
@@ -513,11 +522,7 @@ class RaftNodeService(Service):
         batch.add(command, done, token)
         batch.bytes += _command_bytes(command)
         self._pending_writes += 1
-        if len(batch.commands) >= self.batch_commands_max \
-                or batch.bytes >= self.batch_bytes_max:
-            self._flush_writes()
-        if self._scheduled is None:
-            self._schedule()
+        self._writes_queued(batch)
 
     def submit_writes(self, commands: list, done: Callable[[Any, object], None],
                       token: Any) -> None:
@@ -532,10 +537,7 @@ class RaftNodeService(Service):
             done(token, OverloadedError(
                 f"too many writes in flight ({pending_writes_max}); retry shortly"))
             return
-        try:
-            size = sum(map(len, chain.from_iterable(commands)))
-        except TypeError:
-            size = sum(map(_command_bytes, commands))
+        size = _commands_bytes(commands)
         batch = self._writes
         if batch.commands and (len(batch.commands) + count > self.batch_commands_max
                                or batch.bytes + size > self.batch_bytes_max):
@@ -544,6 +546,10 @@ class RaftNodeService(Service):
         batch.add_group(commands, done, token)
         batch.bytes += size
         self._pending_writes += count
+        self._writes_queued(batch)
+
+    def _writes_queued(self, batch: _Batch) -> None:
+        """Writes joined ``batch``: propose it now if it is full, and run the loop."""
         if len(batch.commands) >= self.batch_commands_max \
                 or batch.bytes >= self.batch_bytes_max:
             self._flush_writes()

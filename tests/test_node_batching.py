@@ -1,6 +1,7 @@
 """A leader's write batching: while its last batch is not yet applied, the writes that
 arrive wait (up to ``raft.proposal_hold_ms``) and then go out together as one entry."""
 
+import msgpack
 import pytest
 from test_node_support import NodeCluster
 
@@ -89,7 +90,6 @@ def test_no_hold_proposes_each_turn(tmp_path, answers):
 
 def _entry_sizes(leader, after: int) -> list[int]:
     """Commands per entry in the leader's log after index ``after``."""
-    import msgpack
     log = leader.core.log
     entries = log.slice(after + 1, log.last_index() + 1)
     return [len(msgpack.unpackb(e.data, raw=False)[2]) for e in entries if e.data]
