@@ -6,6 +6,7 @@ A mixin so that ``core.py`` stays readable; it uses RaftCore's fields (``log``,
 
 from __future__ import annotations
 
+from kvraft.raft import quorum
 from kvraft.raft.confchange import KIND_LEAVE_JOINT, conf_change_kind, decode_conf_change
 from kvraft.raft.config import READ_ONLY_LEASE
 from kvraft.raft.errors import (
@@ -278,18 +279,23 @@ class LeaderMixin:
 
     # -- heartbeats and ReadIndex -------------------------------------------------------
 
-    def _bcast_heartbeat(self, ctx: bytes | None = None) -> None:
-        if ctx is None:
-            ctx = self.read_only.last_ctx()
+    def _bcast_heartbeat(self) -> None:
+        """The periodic heartbeat, to every follower and learner, with the context of the
+        newest pending ReadIndex round (so a round whose own heartbeats were lost, or went
+        to a voter that went quiet, still completes)."""
+        self._send_heartbeats(self.read_only.last_ctx(),
+                              [node for node in self.tracker.progress if node != self.id])
+
+    def _send_heartbeats(self, ctx: bytes, nodes: list[NodeId]) -> None:
         if self.config.read_only_option == READ_ONLY_LEASE:
             # The send tick: its echo is what renews the lease (read_only.py).
             ctx = lease_context(self.ticks, ctx)
         committed = self.log.committed
-        for node, pr in self.tracker.progress.items():
-            if node != self.id:
-                # Never tell a follower to commit beyond what it is known to hold.
-                self._send(Message(type=MsgType.MsgHeartbeat, to=node,
-                                   commit=min(pr.match, committed), context=ctx))
+        progress = self.tracker.progress
+        for node in nodes:
+            # Never tell a follower to commit beyond what it is known to hold.
+            self._send(Message(type=MsgType.MsgHeartbeat, to=node,
+                               commit=min(progress[node].match, committed), context=ctx))
 
     def _handle_heartbeat_response(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True
@@ -306,6 +312,7 @@ class LeaderMixin:
         done = self.read_only.recv_ack(m.frm, ctx)
         if done is None or not self.tracker.has_quorum(done.acks):
             return
+        self.read_only.completed_by(m.frm)
         for finished in self.read_only.advance(done):
             for asker, request_ctx in finished.requests:
                 self._answer_read(asker, finished.index, request_ctx)
@@ -323,9 +330,43 @@ class LeaderMixin:
         if self.tracker.is_singleton() or self._in_lease():
             self._answer_read(m.frm, self.log.committed, m.context)
             return
-        new_round = self.read_only.add_request(self.log.committed, m.frm, m.context)
-        if new_round is not None:
-            self._bcast_heartbeat(new_round.ctx)
+        read_round, new = self.read_only.add_request(self.log.committed, m.frm, m.context)
+        asker = m.frm
+        ask = self._read_round_voters(asker) if new else []
+        if asker != self.id and asker in self.tracker.progress and \
+                asker not in read_round.asked and asker not in ask:
+            # A follower's read: it learns the commit index it must apply up to from
+            # this heartbeat, not a heartbeat interval later.
+            ask.append(asker)
+        if ask:
+            read_round.asked.update(ask)
+            self._send_heartbeats(read_round.ctx, ask)
+
+    def _read_round_voters(self, asker: NodeId) -> list[NodeId]:
+        """The fewest voters that make a quorum with this leader, in the order
+        read_only.py gives: a voter that asked for the read, those heard from since the
+        last check-quorum, those that completed recent rounds first, then by id (to stay
+        deterministic)."""
+        tracker = self.tracker
+        progress = tracker.progress
+        rank = {node: i for i, node in enumerate(self.read_only.completers)}
+        last = len(rank)
+        candidates = sorted(
+            (node for node in tracker.voter_ids() if node != self.id),
+            key=lambda node: (node != asker, not progress[node].recent_active,
+                              rank.get(node, last), node))
+        halves = [half for half in (tracker.voters, tracker.voters_outgoing) if half]
+        acks = {self.id}
+        ask = []
+        for node in candidates:
+            short = [half for half in halves
+                     if len(half & acks) < quorum.majority(len(half))]
+            if not short:
+                break
+            if any(node in half for half in short):  # in a joint change, only if it helps
+                acks.add(node)
+                ask.append(node)
+        return ask
 
     def _in_lease(self) -> bool:
         """True if this leader may answer a read without a heartbeat round: lease mode,

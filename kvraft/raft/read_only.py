@@ -9,6 +9,18 @@ them yet) join that round and raise its index to the current commit index, so on
 heartbeat round confirms a whole batch of reads. A completed round also completes every
 earlier one.
 
+A round asks only as many voters as it needs: the fewest that make a quorum with the
+leader. It asks, in this order, a follower that asked for the read (it learns from that
+heartbeat the commit index it must apply up to; a follower whose read joins the round
+later is asked too), voters heard from since the last check-quorum before the others, and
+among those the ones whose answers completed recent rounds first. Asking everyone would
+cost each further voter a wake-up, a message each way and the leader's handling of both,
+per round, for an answer the round does not need. The others learn of the round from the
+next periodic heartbeat, which carries the newest pending round's context; so if an asked
+voter went quiet, the round completes at most a heartbeat interval later, through the
+others, and the one that completes it is asked first from then on. Safety does not depend
+on whom a round asks: a read is answered only once a quorum acknowledged the round.
+
 Lease ("lease"). Every heartbeat of a lease-mode leader carries the leader's tick counter
 at the time it was built (the SEND tick), before the round id; the follower echoes it, and
 the leader keeps, per voter, the newest send tick it got back. A voter that answered a
@@ -63,13 +75,14 @@ def split_lease_context(ctx: bytes) -> tuple[int | None, bytes]:
 class ReadRound:
     """One leadership confirmation shared by several read requests."""
 
-    __slots__ = ("ctx", "index", "requests", "acks")
+    __slots__ = ("ctx", "index", "requests", "acks", "asked")
 
     def __init__(self, ctx: bytes, index: int, leader: NodeId):
         self.ctx = ctx  # heartbeat context identifying the round
         self.index = index  # commit index the reads must wait for
         self.requests: list[tuple[NodeId, bytes]] = []  # (asker, request ctx)
         self.acks: set[NodeId] = {leader}
+        self.asked: set[NodeId] = set()  # the nodes this round's own heartbeats went to
 
 
 class ReadOnly:
@@ -81,27 +94,30 @@ class ReadOnly:
         self._rounds: dict[bytes, ReadRound] = {}
         self._open: ReadRound | None = None
         self._next_round = 1
+        # Voters whose answer completed a round, the latest first: a new round asks
+        # them first (read_round_targets in leader.py).
+        self.completers: list[NodeId] = []
         self.acked_send_ticks: dict[NodeId, int] = {}  # voter -> newest send tick echoed
         self.lease_revoked = False  # MsgTimeoutNow sent this term: no lease until it ends
 
     def __len__(self) -> int:
         return len(self._rounds)
 
-    def add_request(self, committed: int, asker: NodeId, ctx: bytes) -> ReadRound | None:
-        """Queue a read; return a NEW round whose heartbeats the caller must broadcast,
-        or None if the read joined the open round."""
+    def add_request(self, committed: int, asker: NodeId, ctx: bytes) -> tuple[ReadRound, bool]:
+        """Queue a read; return its round and whether the round is NEW (the caller must
+        send its heartbeats) rather than the open one the read joined."""
         current = self._open
         if current is not None:
             current.index = max(current.index, committed)
             current.requests.append((asker, ctx))
-            return None
+            return current, False
         round_ctx = self._next_round.to_bytes(8, "big")
         self._next_round += 1
         current = ReadRound(round_ctx, committed, self._leader)
         current.requests.append((asker, ctx))
         self._rounds[round_ctx] = current
         self._open = current
-        return current
+        return current, True
 
     def seal(self) -> None:
         """The open round's heartbeats are leaving (a Ready took them): later reads start
@@ -121,6 +137,15 @@ class ReadOnly:
         if found is not None:
             found.acks.add(frm)
         return found
+
+    def completed_by(self, node: NodeId) -> None:
+        """``node``'s answer gave a round its quorum: ask it first next time."""
+        completers = self.completers
+        if completers and completers[0] == node:
+            return
+        if node in completers:
+            completers.remove(node)
+        completers.insert(0, node)
 
     def advance(self, done: ReadRound) -> list[ReadRound]:
         """Remove and return every round up to and including ``done``, oldest first."""

@@ -88,7 +88,7 @@ def test_read_index_is_confirmed_while_a_ready_is_outstanding():
     leader = c.core("n1")
     leader.read_index(b"read-1")
     beats = [m for m in leader.take_messages() if m.type == MsgType.MsgHeartbeat]
-    assert {m.to for m in beats} == {"n2", "n3"}
+    assert [m.to for m in beats] == ["n2"], "one follower makes a quorum with the leader"
     round_ctx = beats[0].context
     assert round_ctx
     # A read arriving after the round's heartbeats left must not join that round.

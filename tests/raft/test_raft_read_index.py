@@ -4,6 +4,7 @@ import pytest
 from raft_harness import Cluster, make_core, storage_with
 
 from kvraft.raft import MsgType, ProposalDropped, ReadState, Role
+from kvraft.raft.types import ConfState
 
 VOTERS = ("n1", "n2", "n3")
 
@@ -19,7 +20,7 @@ def test_read_index_6_4_leader_confirms_with_a_heartbeat_round():
     leader.read_index(b"r1")
     rd = leader.ready()
     beats = heartbeats(rd.messages)
-    assert sorted(m.to for m in beats) == ["n2", "n3"]
+    assert [m.to for m in beats] == ["n2"], "the leader and n2 make a quorum"
     assert len({m.context for m in beats}) == 1 and beats[0].context
     assert rd.read_states == []
     c.inflight.extend(rd.messages)
@@ -35,12 +36,12 @@ def test_read_index_6_4_reads_in_the_same_round_share_one_confirmation():
     for i in range(5):
         leader.read_index(b"r%d" % i)
     rd = leader.ready()
-    assert len(heartbeats(rd.messages)) == 2, "one heartbeat per follower for five reads"
+    assert len(heartbeats(rd.messages)) == 1, "one heartbeat for five reads"
     c.inflight.extend(rd.messages)
     leader.advance(rd)
     leader.read_index(b"late")  # after the round's heartbeats left: a new round
     rd2 = leader.ready()
-    assert len(heartbeats(rd2.messages)) == 2
+    assert len(heartbeats(rd2.messages)) == 1
     assert heartbeats(rd2.messages)[0].context != heartbeats(rd.messages)[0].context
     c.inflight.extend(rd2.messages)
     leader.advance(rd2)
@@ -154,7 +155,7 @@ def test_read_index_6_4_lease_option_answers_without_a_round_inside_the_lease():
     leader = c.core("n1")
     leader.read_index(b"before-any-ack")  # no heartbeat answered yet: a round
     rd = leader.ready()
-    assert rd.read_states == [] and len(heartbeats(rd.messages)) == 2
+    assert rd.read_states == [] and len(heartbeats(rd.messages)) == 1
     c.inflight.extend(rd.messages)
     leader.advance(rd)
     c.stabilize()
@@ -169,3 +170,64 @@ def test_read_index_6_4_no_leader_refuses():
     with pytest.raises(ProposalDropped) as info:
         core.read_index(b"x")
     assert info.value.reason == "no-leader"
+
+
+# -- whom a round asks ----------------------------------------------------------------
+
+def test_read_index_6_4_a_round_asks_only_the_voters_a_quorum_needs():
+    c = Cluster(("n1", "n2", "n3", "n4", "n5", "l6"), voters=("n1", "n2", "n3", "n4", "n5"))
+    c.elect("n1")
+    leader = c.core("n1")
+    assert leader.tracker.learners == frozenset() and "l6" not in leader.tracker.voters
+    leader.read_index(b"r")
+    rd = leader.ready()
+    assert [m.to for m in heartbeats(rd.messages)] == ["n2", "n3"], \
+        "two followers and the leader are three of five"
+    c.inflight.extend(rd.messages)
+    leader.advance(rd)
+    c.stabilize()
+    assert c.read_states["n1"] == [ReadState(1, b"r")]
+
+
+def test_read_index_6_4_a_round_in_a_joint_configuration_asks_a_quorum_of_both_halves():
+    c = Cluster(("n1", "n2", "n3", "n4", "n5"))
+    c.elect("n1")
+    leader = c.core("n1")
+    leader.tracker.set_config(ConfState(voters=("n1", "n4", "n5"),
+                                        voters_outgoing=("n1", "n2", "n3")),
+                              leader.log.last_index())
+    leader.read_index(b"j")
+    asked = [m.to for m in heartbeats(leader.ready().messages)]
+    assert asked == ["n2", "n4"], "one more voter of each half, none it does not need"
+
+
+def test_read_index_6_4_a_follower_read_asks_the_follower_itself():
+    c = Cluster(VOTERS)
+    c.elect("n1")
+    follower = c.core("n3")
+    follower.read_index(b"f")
+    c.drain("n3")  # its MsgReadIndex to n1
+    c.deliver()
+    leader = c.core("n1")
+    (beat,) = heartbeats(leader.ready().messages)
+    assert beat.to == "n3", "the asker and the leader are a quorum; n3 waits on it anyway"
+    c.inflight.append(beat)
+    leader.advance(leader._outstanding)
+    c.stabilize()
+    assert c.read_states["n3"] == [ReadState(1, b"f")]
+
+
+def test_read_index_6_4_a_quiet_asked_voter_delays_a_round_by_one_heartbeat_at_most():
+    c = Cluster(VOTERS)
+    c.elect("n1")
+    leader = c.core("n1")
+    c.partition(["n1", "n3"], ["n2"])  # n2 is asked first (by id) but cannot answer
+    leader.read_index(b"r")
+    c.stabilize()
+    assert c.read_states["n1"] == [], "only n2 was asked"
+    c.tick("n1", leader.config.heartbeat_ticks)  # the periodic heartbeat asks n3 too
+    c.stabilize()
+    assert c.read_states["n1"] == [ReadState(1, b"r")]
+    leader.read_index(b"next")
+    (beat,) = heartbeats(leader.ready().messages)
+    assert beat.to == "n3", "the voter that completed the round is asked first"
