@@ -95,7 +95,7 @@ class ReadOnly:
         self._open: ReadRound | None = None
         self._next_round = 1
         # Voters whose answer completed a round, the latest first: a new round asks
-        # them first (read_round_targets in leader.py).
+        # them first (LeaderMixin._read_round_voters).
         self.completers: list[NodeId] = []
         self.acked_send_ticks: dict[NodeId, int] = {}  # voter -> newest send tick echoed
         self.lease_revoked = False  # MsgTimeoutNow sent this term: no lease until it ends
