@@ -175,14 +175,15 @@ def test_read_index_6_4_no_leader_refuses():
 # -- whom a round asks ----------------------------------------------------------------
 
 def test_read_index_6_4_a_round_asks_only_the_voters_a_quorum_needs():
-    c = Cluster(("n1", "n2", "n3", "n4", "n5", "l6"), voters=("n1", "n2", "n3", "n4", "n5"))
+    c = Cluster(("n1", "n2", "n3", "n4", "n5", "l6"), voters=("n1", "n2", "n3", "n4", "n5"),
+                learners=("l6",))
     c.elect("n1")
     leader = c.core("n1")
-    assert leader.tracker.learners == frozenset() and "l6" not in leader.tracker.voters
+    assert leader.tracker.learners == frozenset({"l6"})
     leader.read_index(b"r")
     rd = leader.ready()
     assert [m.to for m in heartbeats(rd.messages)] == ["n2", "n3"], \
-        "two followers and the leader are three of five"
+        "two followers and the leader are three of five; a learner does not count"
     c.inflight.extend(rd.messages)
     leader.advance(rd)
     c.stabilize()
