@@ -5,6 +5,7 @@ import msgpack
 import pytest
 from test_node_support import NodeCluster
 
+from kvraft.client.errors import BackendError, NoLeaderError
 from kvraft.raft import Role
 
 
@@ -155,7 +156,6 @@ def test_writes_beyond_batch_bytes_max_go_into_several_entries_and_all_succeed(
 
 
 def test_a_refused_group_gets_one_error_for_all_its_commands(make_cluster, answers):
-    from kvraft.client.errors import NoLeaderError
     cluster = make_cluster()
     leader = _leader(cluster)
     follower = _a_follower(cluster, leader)
@@ -182,7 +182,6 @@ def test_a_group_of_reads_is_answered_once_after_its_readindex_round(make_cluste
 
 def test_a_read_the_machine_fails_on_is_answered_with_an_error_and_the_rest_normally(
         make_cluster, answers, monkeypatch):
-    from kvraft.client.errors import BackendError
     cluster = make_cluster()
     leader = _leader(cluster)
     query = leader.machine.query
@@ -202,7 +201,6 @@ def test_a_read_the_machine_fails_on_is_answered_with_an_error_and_the_rest_norm
 
 def test_a_stale_read_group_the_machine_fails_on_is_answered_too(make_cluster, answers,
                                                                  monkeypatch):
-    from kvraft.client.errors import BackendError
     cluster = make_cluster()
     leader = _leader(cluster)
     monkeypatch.setattr(leader.machine, "query", lambda command: 1 / 0)

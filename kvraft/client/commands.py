@@ -335,4 +335,3 @@ def resolve_many(commands: list[list[bytes]]) -> tuple[CommandSpec, list[list[by
         return spec, [normalized, *map(validate, commands[1:])]
     except InvalidCommandError:
         return None
-

@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 from client_support import FakeBackend, SubmitBackend, connect, make_factory
 
+from kvraft.client.errors import NoLeaderError, OverloadedError
 from kvraft.client.resp import encode_command
-from kvraft.results import OK
+from kvraft.results import OK, CommandError
 
 
 @pytest.fixture(autouse=True, params=["single", "grouped"])
@@ -177,7 +178,6 @@ def test_resp3_replies_through_submit():
 
 
 def test_backend_errors_through_submit_become_error_replies():
-    from kvraft.client.errors import NoLeaderError
     backend = SubmitBackend()
     protocol, transport = connect(make_factory(backend))
     protocol.dataReceived(cmd(b"SET", b"k", b"v"))
@@ -223,7 +223,6 @@ def test_a_pipeline_of_writes_is_one_submit_writes_call_and_one_reply_write():
 
 
 def test_grouped_replies_mix_results_and_errors_in_order():
-    from kvraft.results import CommandError
     backend = SubmitBackend(grouped=True)
     protocol, transport = connect(make_factory(backend))
     protocol.dataReceived(gets(3))
@@ -233,7 +232,6 @@ def test_grouped_replies_mix_results_and_errors_in_order():
 
 
 def test_a_refused_request_answers_every_command_with_the_error():
-    from kvraft.client.errors import OverloadedError
     backend = SubmitBackend()
     protocol, transport = connect(make_factory(backend))
     protocol.dataReceived(b"".join(cmd(b"SET", b"k%d" % i, b"v") for i in range(3)))
