@@ -43,17 +43,20 @@ class Storage:
         return f"<Storage log={self.log!r}>"
 
 
-def parse_options(backend: str, options: dict | None, defaults: dict[str, int]) -> dict:
+def parse_options(backend: str, options: dict | None, defaults: dict[str, int],
+                  zero_ok: frozenset = frozenset()) -> dict:
     """``defaults`` overridden by ``options``; an unknown key or a value that is not a
-    positive integer raises ``ValueError`` naming the ``storage`` config key."""
+    positive integer (or 0, for the keys in ``zero_ok``) raises ``ValueError`` naming the
+    ``storage`` config key."""
     result = dict(defaults)
     for key, value in (options or {}).items():
         if key not in defaults:
             known = ", ".join(sorted(defaults)) or "none"
             raise ValueError(f"storage option {key!r} is not known to the {backend!r} "
                              f"backend (it takes: {known}); remove it from [storage]")
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"storage option {key!r} must be a positive integer, "
-                             f"got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0 \
+                or (value == 0 and key not in zero_ok):
+            what = "0 or a positive integer" if key in zero_ok else "a positive integer"
+            raise ValueError(f"storage option {key!r} must be {what}, got {value!r}")
         result[key] = value
     return result

@@ -12,6 +12,7 @@ from kvraft.raft.types import Entry
 from kvraft.storage import fsutil
 from kvraft.storage.errors import RESTORE_ADVICE, CorruptLogError, StorageError
 from kvraft.storage.records import (
+    RECORD_HEADER,
     SEGMENT_HEADER,
     RecordError,
     decode_entries,
@@ -24,6 +25,14 @@ from kvraft.storage.records import (
 )
 
 log = Logger()
+
+UNSYNCED_BYTES_MAX = 1024 * 1024
+"""At most this many bytes of a segment are written between two ``fdatasync`` calls (a
+larger write goes in parts, each synced before the next). A crash can only tear what
+was not yet synced, so a tear lies within this many bytes of the end of the data."""
+SECTOR_BYTES = 512
+"""The unit a disk writes whole: a page the kernel had not yet written back when the
+machine stopped reads as whole sectors of zeros (in reserved space, or a hole)."""
 
 
 @dataclass
@@ -41,8 +50,14 @@ class Segment:
     """A segment file holding entries ``first_index .. first_index + count - 1``.
 
     ``offsets[k]`` is the byte offset of the record of entry ``first_index + k``; records
-    are back to back, the last one ends at ``end`` (the file size once written).
-    ``dirty`` is True while bytes written since the last ``sync`` may not be durable.
+    are back to back, the last one ends at ``end``. ``dirty`` is True while bytes written
+    since the last ``sync`` may not be durable; ``unsynced`` counts them.
+
+    The file may be longer than ``end``: ``write`` reserves space ahead of the records
+    (``preallocate_bytes`` at a time, not past ``size_max``), so that most writes change
+    neither the file's size nor its block map and their sync flushes data only. Beyond
+    ``end`` the file holds zeros, apart from writes not yet synced; ``trim`` cuts the
+    reserve off (on roll and close), and ``open`` cuts off what a crash left behind.
     """
 
     def __init__(self, path: str, fd: int, generation: int, first_index: int, end: int):
@@ -53,6 +68,11 @@ class Segment:
         self.offsets = array("Q")
         self.end = end
         self.dirty = False
+        self.unsynced = 0
+        self.allocated = end
+        """The file size: ``end`` plus the space reserved ahead of the records."""
+        self.preallocate_bytes = 0
+        self.size_max = 0
 
     def __repr__(self) -> str:
         return f"<Segment {os.path.basename(self.path)} entries={len(self.offsets)}>"
@@ -109,21 +129,27 @@ class Segment:
         result = ScanResult()
         pos, _, _ = scan_records(data, SEGMENT_HEADER.size, self.first_index,
                                  previous_term, self.offsets, result.terms)
+        self.end = self.allocated = len(data)
         if pos < len(data):
-            self._diagnose(data, pos, result, is_last, previous_term)
-        self.end = len(data) if result.torn_offset is None else result.torn_offset
+            data_end = pos + len(bytes(data[pos:]).rstrip(b"\x00"))
+            if data_end == pos and is_last:
+                # Only zeros after the last record: space reserved ahead of the records
+                # (a write there, if any, never reached the disk). Nothing is lost.
+                self._cut(pos)
+                return result
+            self._diagnose(data, pos, data_end, result, is_last, previous_term)
         return result
 
-    def _diagnose(self, data: memoryview, pos: int, result: ScanResult, is_last: bool,
-                  previous_term: int) -> None:
+    def _diagnose(self, data: memoryview, pos: int, data_end: int, result: ScanResult,
+                  is_last: bool, previous_term: int) -> None:
         """Explain the record ``scan_records`` stopped at: cut it off if it is a torn
         tail, raise ``CorruptLogError`` otherwise."""
         try:
             payload, _ = read_record(data, pos)
         except RecordError as e:
-            if is_last and self._is_torn(data, pos, e):
+            if is_last and self._is_torn(data, pos, data_end, e):
                 result.torn_offset, result.torn_reason = pos, str(e)
-                result.torn_bytes = len(data) - pos
+                result.torn_bytes = data_end - pos
                 self._cut_torn_tail(pos, result)
                 return
             raise self._corrupt(pos, f"{e}, and more data follows it") from None
@@ -141,17 +167,36 @@ class Segment:
                                  f"{previous_term} before it")
 
     @staticmethod
-    def _is_torn(data: memoryview, pos: int, error: RecordError) -> bool:
-        # A crash mid-write leaves the final record short, or complete but with a bad
-        # checksum, or (filesystems that zero-fill an extended file) followed by zeros
-        # only. Anything with intact-looking data after it is corruption, not a tear.
-        if error.incomplete or error.end == len(data):
+    def _is_torn(data: memoryview, pos: int, data_end: int, error: RecordError) -> bool:
+        # A crash tears only what was written since the last sync. It leaves the final
+        # record short, or complete with a bad checksum and only zeros after it. And as
+        # the kernel writes pages back in any order, it can leave a page of the unsynced
+        # write unwritten (zeros) with later parts of that write intact behind it: a
+        # bad record touching a sector of zeros, with all data after it within
+        # UNSYNCED_BYTES_MAX. Anything else, a flipped bit above all, is corruption.
+        if error.incomplete:
             return True
-        return not bytes(data[pos:]).strip(b"\x00")
+        if error.end is not None and error.end >= data_end:
+            return True
+        if data_end - pos > UNSYNCED_BYTES_MAX:
+            return False
+        span_end = error.end if error.end is not None else pos + RECORD_HEADER.size
+        sector = pos - pos % SECTOR_BYTES
+        zeros = bytes(SECTOR_BYTES)
+        while sector < span_end:
+            if data[sector:sector + SECTOR_BYTES] == zeros:
+                return True
+            sector += SECTOR_BYTES
+        return False
 
-    def _cut_torn_tail(self, pos: int, result: ScanResult) -> None:
+    def _cut(self, pos: int) -> None:
+        """Durably cut the file at ``pos`` (its records' end)."""
         os.ftruncate(self.fd, pos)
         fsutil.fdatasync(self.fd)
+        self.end = self.allocated = pos
+
+    def _cut_torn_tail(self, pos: int, result: ScanResult) -> None:
+        self._cut(pos)
         log.warn("WAL segment {path}: cut off a torn record at byte offset {offset} "
                  "({reason}; {dropped} bytes dropped). The last write before a crash did "
                  "not complete; entries synced before it are intact.",
@@ -168,28 +213,61 @@ class Segment:
 
     def write(self, data: bytes | bytearray, offsets: list[int]) -> None:
         """Append ``data`` (records starting at ``offsets``) at the end: one system
-        call for a whole batch. Not durable until ``sync``."""
-        fsutil.pwrite_all(self.fd, data, self.end)
+        call for a whole batch. Not durable until ``sync``, except that no more than
+        ``UNSYNCED_BYTES_MAX`` bytes are ever unsynced: past that, what was written is
+        synced before more is written."""
+        end = self.end + len(data)
+        if end > self.allocated and self.preallocate_bytes:
+            target = max(end, min(end + self.preallocate_bytes, self.size_max))
+            if fsutil.preallocate(self.fd, self.allocated, target - self.allocated):
+                self.allocated = target
+        if self.unsynced + len(data) <= UNSYNCED_BYTES_MAX:
+            fsutil.pwrite_all(self.fd, data, self.end)
+            self.end = end
+            self.unsynced += len(data)
+            self.dirty = True
+        else:
+            self._write_in_parts(memoryview(data))
         self.offsets.extend(offsets)
-        self.end += len(data)
-        self.dirty = True
+        self.allocated = max(self.allocated, end)
+
+    def _write_in_parts(self, view: memoryview) -> None:
+        while view:
+            if self.unsynced >= UNSYNCED_BYTES_MAX:
+                self.sync()
+            part = view[:UNSYNCED_BYTES_MAX - self.unsynced]
+            fsutil.pwrite_all(self.fd, part, self.end)
+            self.end += len(part)
+            self.unsynced += len(part)
+            self.dirty = True
+            view = view[len(part):]
 
     def sync(self) -> None:
         """fdatasync the file if anything was written since the last sync."""
         if self.dirty:
             fsutil.fdatasync(self.fd)
             self.dirty = False
+            self.unsynced = 0
+
+    def trim(self) -> None:
+        """Cut off the space reserved after the records (synced by the next ``sync``):
+        before the log rolls past this segment, and on close."""
+        if self.allocated > self.end:
+            os.ftruncate(self.fd, self.end)
+            self.allocated = self.end
+            self.dirty = True
 
     def truncate(self, index: int) -> None:
         """Durably drop the records of ``index`` and later: the cut is on disk before
         this returns, so no later write can land next to stale records."""
         keep = index - self.first_index
         new_end = self.offsets[keep] if keep < len(self.offsets) else self.end
-        os.ftruncate(self.fd, new_end)
+        os.ftruncate(self.fd, new_end)  # the reserve after it goes too: no stale bytes
         fsutil.fdatasync(self.fd)
         del self.offsets[keep:]
-        self.end = new_end
+        self.end = self.allocated = new_end
         self.dirty = False
+        self.unsynced = 0
 
     # -- reading -------------------------------------------------------------------------
 

@@ -10,7 +10,15 @@ Layout under ``data_dir`` (operators rely on it)::
 Durability rules, each one a crash-safety argument:
 
 * ``append`` writes each batch with one ``pwrite``; ``sync`` is one ``fdatasync`` for
-  everything since the last sync (group commit).
+  everything since the last sync (group commit). A batch over ``UNSYNCED_BYTES_MAX``
+  (segment.py) is written in parts, each synced before the next is written: a crash
+  tears at most that much.
+* The last segment reserves space ahead of its records (``preallocate_bytes`` at a time,
+  ``posix_fallocate``), so that a sync flushes data without a metadata journal commit.
+  The reserve reads as zeros; it is cut off when the log rolls past the segment, on
+  close, and on open. On open, a bad record in the last segment is a torn write only if
+  what a crash can do explains it (segment.py, ``Segment._is_torn``); else the node
+  refuses to start.
 * A segment is rolled at ``segment_bytes_max``: the old one is fdatasynced and the new
   one is published with a complete, fsynced header (temp file, rename, fsync dir), so on
   open only the last segment may have a torn tail, and every segment has a valid header.
@@ -55,12 +63,15 @@ DEFAULTS = {
     "segment_bytes_max": 64 * 1024 * 1024,
     "cache_bytes_max": 16 * 1024 * 1024,
     "snapshot_chunk_bytes": 1024 * 1024,
+    "preallocate_bytes": 1024 * 1024,
 }
 """``segment_bytes_max``: roll to a new segment past this size. ``cache_bytes_max``:
 memory for the newest entries kept as objects (older ones are read from disk). The core
 reads the tail it has not yet sent, had acknowledged or applied: at 100k writes/s of
 16-byte values that is a few MB a second, so 16 MiB keeps seconds of it; more only
-costs memory (64 MiB of it was 15% of a node holding 1M 100-byte values)."""
+costs memory (64 MiB of it was 15% of a node holding 1M 100-byte values).
+``preallocate_bytes``: space the last segment reserves ahead of its records at a time
+(0: none). Each reservation costs one slower sync; a larger one only holds more disk."""
 CACHE_WARM_BYTES_MAX = 4 * 1024 * 1024
 """How much of the log tail ``open`` reads back into the cache."""
 
@@ -71,11 +82,13 @@ class WalLogStore(IndexedLog):
 
     def __init__(self, directory: str, state: StateFile,
                  segment_bytes_max: int = DEFAULTS["segment_bytes_max"],
-                 cache_bytes_max: int = DEFAULTS["cache_bytes_max"]):
+                 cache_bytes_max: int = DEFAULTS["cache_bytes_max"],
+                 preallocate_bytes: int = 0):
         super().__init__(state.snap_index, state.snap_term, cache_bytes_max)
         self._dir = directory
         self._state = state
         self._segment_bytes_max = segment_bytes_max
+        self._preallocate_bytes = preallocate_bytes
         self._segments: list[Segment] = []
         self._firsts: list[int] = []  # segment first indexes, for bisect
         self._failed: StorageError | None = None
@@ -119,6 +132,7 @@ class WalLogStore(IndexedLog):
                                              self._state.snap_index + 1)]
         self._firsts = [s.first_index for s in self._segments]
         self._scan_segments()
+        self._reserve_ahead(self._segments[-1])
         self._synced_index = self.last_index()
         self._state.durable_index = lambda: self._synced_index
 
@@ -265,9 +279,12 @@ class WalLogStore(IndexedLog):
         segment.write(batch, offsets)
 
     def _roll(self, first_index: int) -> Segment:
-        # The old segment is made durable first: only the last segment may be torn.
+        # The old segment is made durable first (without its reserve): only the last
+        # segment may be torn or end in zeros.
+        self._segments[-1].trim()
         self._segments[-1].sync()
-        segment = Segment.create(self._dir, self._state.generation, first_index)
+        segment = self._reserve_ahead(
+            Segment.create(self._dir, self._state.generation, first_index))
         self._segments.append(segment)
         self._firsts.append(first_index)
         return segment
@@ -336,7 +353,8 @@ class WalLogStore(IndexedLog):
         try:
             for segment in self._segments:
                 segment.remove()
-            self._segments = [Segment.create(self._dir, generation, index + 1)]
+            self._segments = [self._reserve_ahead(
+                Segment.create(self._dir, generation, index + 1))]
         except OSError as e:
             raise self._fail("reset the log in", self._dir, e) from None
         self._firsts = [index + 1]
@@ -347,12 +365,23 @@ class WalLogStore(IndexedLog):
         """Sync and close every segment file (idempotent)."""
         try:
             if self._failed is None and self._segments:
+                segment = self._segments[-1]
+                try:
+                    segment.trim()
+                except OSError as e:
+                    raise self._fail("trim", segment.path, e) from None
                 self.sync()
         finally:
             for segment in self._segments:
                 segment.close()
             self._segments = []
             self._failed = self._failed or StorageError(f"{self!r} is closed")
+
+    def _reserve_ahead(self, segment: Segment) -> Segment:
+        """Let ``segment``, the last one, reserve space as it is written."""
+        segment.preallocate_bytes = self._preallocate_bytes
+        segment.size_max = self._segment_bytes_max
+        return segment
 
     # -- failure handling ----------------------------------------------------------------
 
@@ -439,11 +468,12 @@ def _copy(value: dict) -> dict:
 def open_storage(data_dir: str, options: dict | None = None) -> Storage:
     """Open (creating if needed) a WAL storage under ``data_dir``.
 
-    Options: ``segment_bytes_max``, ``cache_bytes_max``, ``snapshot_chunk_bytes``.
+    Options: ``segment_bytes_max``, ``cache_bytes_max``, ``snapshot_chunk_bytes``,
+    ``preallocate_bytes``.
     Raises ``StorageError`` (operator-facing) when the directory is in use, or when the
     log or the state file is corrupt.
     """
-    settings = parse_options("wal", options, DEFAULTS)
+    settings = parse_options("wal", options, DEFAULTS, zero_ok=frozenset({"preallocate_bytes"}))
     try:
         os.makedirs(data_dir, exist_ok=True)
         lock = fsutil.lock_dir(data_dir)
@@ -455,7 +485,8 @@ def open_storage(data_dir: str, options: dict | None = None) -> Storage:
     try:
         state = _load_state(data_dir)
         log_store = WalLogStore(os.path.join(data_dir, "wal"), state,
-                                settings["segment_bytes_max"], settings["cache_bytes_max"])
+                                settings["segment_bytes_max"], settings["cache_bytes_max"],
+                                settings["preallocate_bytes"])
         try:
             _check_commit(state, log_store)
             snapshots = FileSnapshotStore(os.path.join(data_dir, "snap"),

@@ -23,6 +23,7 @@ from kvraft.storage.wal import open_storage
 
 OPTIONS = {"segment_bytes_max": 1500}
 MUTATING = frozenset({"pwrite", "write", "ftruncate", "fsync", "fdatasync", "unlink",
+                      "posix_fallocate",
                       "replace", "rename", "remove"})
 SCENARIO = [
     ("append", 61, 1, 30),  # rolls segments
