@@ -170,9 +170,11 @@ class Segment:
     def _is_torn(data: memoryview, pos: int, data_end: int, error: RecordError) -> bool:
         # A crash tears only what was written since the last sync. It leaves the final
         # record short, or complete with a bad checksum and only zeros after it. And as
-        # the kernel writes pages back in any order, it can leave a page of the unsynced
-        # write unwritten (zeros) with later parts of that write intact behind it: a
-        # bad record touching a sector of zeros, with all data after it within
+        # the kernel writes pages back in any order, it can leave a sector of the
+        # unsynced write unwritten, with later parts of that write intact behind it.
+        # Such a sector reads as it was, which from the bad record on (past everything
+        # synced) is zeros: so the record is torn if, in a sector it touches, every
+        # byte from the record on is zero, and all data after it is within
         # UNSYNCED_BYTES_MAX. Anything else, a flipped bit above all, is corruption.
         if error.incomplete:
             return True
@@ -182,9 +184,9 @@ class Segment:
             return False
         span_end = error.end if error.end is not None else pos + RECORD_HEADER.size
         sector = pos - pos % SECTOR_BYTES
-        zeros = bytes(SECTOR_BYTES)
         while sector < span_end:
-            if data[sector:sector + SECTOR_BYTES] == zeros:
+            lost = data[max(sector, pos):sector + SECTOR_BYTES]
+            if not bytes(lost).strip(b"\x00"):
                 return True
             sector += SECTOR_BYTES
         return False

@@ -185,3 +185,27 @@ def test_preallocate_bytes_may_be_zero_but_not_negative(tmp_path):
     open_storage(str(tmp_path / "a"), {"preallocate_bytes": 0}).close()
     with pytest.raises(ValueError, match="'preallocate_bytes' must be 0 or a positive"):
         open_storage(str(tmp_path / "b"), {"preallocate_bytes": -1})
+
+
+def test_a_record_starting_in_a_sector_that_was_not_written_back_is_a_torn_tail(
+        tmp_path, log_events):
+    # The sector holding the end of the last synced record and the start of the next,
+    # unsynced, one was never written again: from that record on it reads as zeros,
+    # while a later sector of the same write made it to the disk.
+    data_dir = str(tmp_path / "data")
+    entries = write_log(data_dir)
+    starts = record_starts(entries)
+    k = next(i for i in range(30, 50) if starts[i] % segment.SECTOR_BYTES
+             and starts[i] % segment.SECTOR_BYTES < segment.SECTOR_BYTES - 64)
+    sector_end = starts[k] - starts[k] % segment.SECTOR_BYTES + segment.SECTOR_BYTES
+    with open(seg_path(data_dir), "r+b") as f:
+        f.seek(starts[k])
+        f.write(bytes(sector_end - starts[k]))
+    storage = open_storage(data_dir)
+    try:
+        assert storage.log.last_index() == k
+        warned = warnings_in(log_events)
+        assert any("torn record" in w and f"byte offset {starts[k]}" in w
+                   for w in warned), warned
+    finally:
+        storage.close()
