@@ -256,15 +256,21 @@ def summary(result: dict) -> str:
     ]
     for name, node in result.get("nodes", {}).items():
         mark = "*" if name == result.get("leader") else " "
-        lines.append(f"  {name}{mark} cpu {node['cpu_percent']:5.1f}% ({node['cpu_s']:.1f} s)"
+        lines.append(f"  {name}{mark} cpu {node['cpu_percent']:5.1f}% ({node['cpu_s']:.1f} s"
+                     f"{_per_op(node.get('cpu_us_per_op'))})"
                      f"  rss peak {node['rss_peak_mib']:.0f} MiB")
-    lines.append(f"  load generator cpu {result['generator_cpu_s']:.1f} s   machine load "
+    lines.append(f"  load generator cpu {result['generator_cpu_s']:.1f} s"
+                 f"{_per_op(result.get('generator_cpu_us_per_op'))}   machine load "
                  f"{result['machine']['load_before'][0]:.1f} -> "
                  f"{result['machine']['load_after'][0]:.1f} on {result['machine']['cpus']} "
                  "cpus")
     for sample in result.get("error_samples", []):
         lines.append(f"  error: {sample}")
     return "\n".join(lines)
+
+
+def _per_op(us: float | None) -> str:
+    return "" if us is None else f", {us:.1f} µs/op"
 
 
 def _address(text: str) -> tuple[str, int]:

@@ -137,12 +137,26 @@ def run(target: Target, opts: RunOptions,
         "elapsed_s": round(elapsed, 3), "throughput_ops": round(throughput, 1),
         "latency_ms": hist.summary_ms(), "histogram": hist.to_dict(),
         "timeline": timeline, "fill_s": fill_s,
-        "nodes": sampler.to_dict(wall),
+        "nodes": with_cpu_per_op(sampler.to_dict(wall), ok + errors),
         "generator_cpu_s": round(generator_cpu, 3),
+        "generator_cpu_us_per_op": cpu_us_per_op(generator_cpu, ok + errors),
         "machine": {"cpus": os.cpu_count(), "load_before": load_before,
                     "load_after": load_average(), "python": sys.version.split()[0]},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def cpu_us_per_op(cpu_s: float, ops: int) -> float | None:
+    """CPU microseconds per answered request (None when nothing was answered): with the
+    machine's cores, what bounds throughput before any waiting."""
+    return round(cpu_s * 1e6 / ops, 1) if ops > 0 else None
+
+
+def with_cpu_per_op(nodes: dict, ops: int) -> dict:
+    """``nodes`` (``ProcSampler.to_dict``) with each node's ``cpu_us_per_op``."""
+    for figures in nodes.values():
+        figures["cpu_us_per_op"] = cpu_us_per_op(figures["cpu_s"], ops)
+    return nodes
 
 
 def fill(target: Target, keyspace: int, value_bytes: int,

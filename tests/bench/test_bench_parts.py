@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvraft.bench import chart, loadgen, procstat, rbench
+from kvraft.bench import chart, cli, loadgen, procstat, rbench, runner
 from kvraft.bench.histogram import Histogram
 
 # -- histogram ---------------------------------------------------------------------------
@@ -112,6 +112,31 @@ def test_sampler_reports_cpu_and_memory():
     figures = sampler.to_dict(1.0)["me"]
     assert figures["cpu_s"] > 0 and figures["rss_peak_mib"] > 0
     assert len(figures["cpu_series"]) == 1
+
+
+def test_each_node_reports_its_cpu_per_answered_request():
+    nodes = runner.with_cpu_per_op({"n1": {"cpu_s": 2.5}, "n2": {"cpu_s": 0.5}}, 50_000)
+    assert nodes["n1"]["cpu_us_per_op"] == 50.0 and nodes["n2"]["cpu_us_per_op"] == 10.0
+    assert runner.cpu_us_per_op(1.0, 0) is None  # nothing answered: no figure
+
+
+def test_the_summary_shows_cpu_per_request_beside_cpu_time():
+    node = {"cpu_percent": 62.0, "cpu_s": 11.1, "rss_peak_mib": 118.0,
+            "cpu_us_per_op": 55.5}
+    result = {"workload": "set", "driver": "redis-benchmark", "leader": "n1",
+              "options": {"clients": 50, "pipeline": 1, "value_bytes": 16,
+                          "keyspace": 100_000},
+              "throughput_ops": 10_000.0, "requests_ok": 200_000, "errors": 0,
+              "timeouts": 0, "elapsed_s": 20.0,
+              "latency_ms": {"p50": 4.0, "p90": 8.0, "p99": 9.0, "p99.9": 12.0,
+                             "max": 20.0, "mean": 5.0},
+              "nodes": {"n1": node, "n2": dict(node, cpu_us_per_op=None)},
+              "generator_cpu_s": 3.5, "generator_cpu_us_per_op": 17.5,
+              "machine": {"load_before": [1.0], "load_after": [2.0], "cpus": 2}}
+    lines = cli.summary(result).splitlines()
+    assert "n1* cpu  62.0% (11.1 s, 55.5 µs/op)" in lines[3]
+    assert "n2  cpu  62.0% (11.1 s)  rss" in lines[4]
+    assert "load generator cpu 3.5 s, 17.5 µs/op" in lines[5]
 
 
 # -- redis-benchmark output --------------------------------------------------------------------
