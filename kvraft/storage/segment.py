@@ -223,6 +223,8 @@ class Segment:
             target = max(end, min(end + self.preallocate_bytes, self.size_max))
             if fsutil.preallocate(self.fd, self.allocated, target - self.allocated):
                 self.allocated = target
+            else:
+                self.preallocate_bytes = 0  # the filesystem cannot (or is full): append
         if self.unsynced + len(data) <= UNSYNCED_BYTES_MAX:
             fsutil.pwrite_all(self.fd, data, self.end)
             self.end = end

@@ -209,3 +209,27 @@ def test_a_record_starting_in_a_sector_that_was_not_written_back_is_a_torn_tail(
                    for w in warned), warned
     finally:
         storage.close()
+
+
+def test_a_filesystem_that_cannot_preallocate_gets_plain_appends(tmp_path, monkeypatch):
+    calls = []
+
+    def refuse(fd, offset, length):
+        calls.append(length)
+        return False
+
+    monkeypatch.setattr(fsutil, "preallocate", refuse)
+    data_dir = str(tmp_path / "data")
+    storage = open_storage(data_dir, {"preallocate_bytes": RESERVE})
+    entries = make_entries(1, 40, term=1)
+    try:
+        for k in range(0, 40, 10):
+            storage.log.append(entries[k:k + 10])
+            storage.log.sync()
+            assert os.path.getsize(seg_path(data_dir)) == records_end(entries[:k + 10])
+        assert len(calls) == 1  # tried once, then the segment stopped asking
+    finally:
+        storage.close()
+    storage = open_storage(data_dir)
+    assert storage.log.entries(1, 41) == entries
+    storage.close()
