@@ -31,8 +31,8 @@ UNSYNCED_BYTES_MAX = 1024 * 1024
 larger write goes in parts, each synced before the next). A crash can only tear what
 was not yet synced, so a tear lies within this many bytes of the end of the data."""
 SECTOR_BYTES = 512
-"""The unit a disk writes whole: a page the kernel had not yet written back when the
-machine stopped reads as whole sectors of zeros (in reserved space, or a hole)."""
+"""The unit a disk writes whole: a sector of an unsynced write that did not reach the
+disk before a crash reads as it was before that write (``Segment._is_torn``)."""
 
 
 @dataclass

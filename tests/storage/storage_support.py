@@ -3,10 +3,13 @@ sys.path, and the name is unique to avoid clashing with other test directories).
 
 from __future__ import annotations
 
+import os
+
 from twisted.logger import LogLevel, formatEvent
 
 from kvraft.raft.types import Entry
 from kvraft.storage import memory, sqlite, wal
+from kvraft.storage.records import SEGMENT_HEADER, encode_record
 
 OPENERS = {
     "memory": memory.open_storage,
@@ -39,6 +42,30 @@ def make_entries(first: int, count: int, term: int) -> list[Entry]:
     """``count`` entries from ``first`` in ``term`` with ``entry_data``."""
     return [Entry(term=term, index=i, data=entry_data(i, term))
             for i in range(first, first + count)]
+
+
+def write_log(data_dir: str, count: int = 40) -> list[Entry]:
+    """A synced WAL of ``count`` entries in one segment (closed again); the entries."""
+    storage = wal.open_storage(data_dir)
+    entries = make_entries(1, count, term=1)
+    storage.log.append(entries)
+    storage.close()
+    return entries
+
+
+def segment_path(data_dir: str, first_index: int = 1) -> str:
+    """The WAL segment of ``data_dir`` that starts at ``first_index``."""
+    return os.path.join(data_dir, "wal", f"{first_index:020d}.seg")
+
+
+def record_offsets(entries: list[Entry]) -> list[int]:
+    """Where each entry's record starts in a segment that starts with ``entries[0]``,
+    then where the last one ends."""
+    offsets, pos = [], SEGMENT_HEADER.size
+    for entry in entries:
+        offsets.append(pos)
+        pos += len(encode_record(entry))
+    return offsets + [pos]
 
 
 class Harness:

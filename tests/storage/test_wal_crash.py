@@ -18,12 +18,17 @@ import time
 from pathlib import Path
 
 import pytest
-from storage_support import make_entries, warnings_in
+from storage_support import (
+    make_entries,
+    record_offsets,
+    segment_path,
+    warnings_in,
+    write_log,
+)
 from wal_crash_child import Model, acceptable, next_op
 
-from kvraft.raft.types import Entry
 from kvraft.storage import CorruptLogError
-from kvraft.storage.records import RECORD_HEADER, SEGMENT_HEADER, encode_record
+from kvraft.storage.records import RECORD_HEADER
 from kvraft.storage.wal import open_storage
 
 CHILD = Path(__file__).with_name("wal_crash_child.py")
@@ -123,27 +128,6 @@ def test_sigkill_at_random_moments_leaves_a_prefix_with_everything_synced(tmp_pa
 
 
 # -- torn tails and corruption, made by hand -------------------------------------------
-
-
-def write_log(data_dir: str, count: int = 40) -> list[Entry]:
-    """A synced log of ``count`` entries in one segment; returns them."""
-    storage = open_storage(data_dir)
-    entries = make_entries(1, count, term=1)
-    storage.log.append(entries)
-    storage.close()
-    return entries
-
-
-def segment_path(data_dir: str, first_index: int = 1) -> str:
-    return os.path.join(data_dir, "wal", f"{first_index:020d}.seg")
-
-
-def record_offsets(entries: list[Entry]) -> list[int]:
-    offsets, pos = [], SEGMENT_HEADER.size
-    for entry in entries:
-        offsets.append(pos)
-        pos += len(encode_record(entry))
-    return offsets + [pos]
 
 
 @pytest.mark.parametrize("tear", ["short header", "short payload", "bad checksum"])

@@ -6,37 +6,30 @@ from __future__ import annotations
 import os
 
 import pytest
-from storage_support import make_entries, warnings_in
+from storage_support import (
+    make_entries,
+    record_offsets,
+    segment_path,
+    warnings_in,
+    write_log,
+)
 
 from kvraft.raft.types import Entry
 from kvraft.storage import CorruptLogError, fsutil, segment
-from kvraft.storage.records import SEGMENT_HEADER, encode_record
 from kvraft.storage.wal import open_storage
 
 RESERVE = 64 * 1024
 
 
-def seg_path(data_dir: str, first_index: int = 1) -> str:
-    return os.path.join(data_dir, "wal", f"{first_index:020d}.seg")
-
-
 def records_end(entries) -> int:
     """Where the records of ``entries`` (one segment, from its first entry) end."""
-    return SEGMENT_HEADER.size + sum(len(encode_record(e)) for e in entries)
-
-
-def record_starts(entries) -> list[int]:
-    starts, pos = [], SEGMENT_HEADER.size
-    for entry in entries:
-        starts.append(pos)
-        pos += len(encode_record(entry))
-    return starts
+    return record_offsets(entries)[-1]
 
 
 def test_the_last_segment_writes_into_space_it_reserved_ahead(tmp_path):
     data_dir = str(tmp_path / "data")
     storage = open_storage(data_dir, {"preallocate_bytes": RESERVE})
-    path = seg_path(data_dir)
+    path = segment_path(data_dir)
     entries = []
     sizes = []
     for first in range(1, 200, 20):
@@ -65,7 +58,7 @@ def test_without_preallocation_the_file_ends_at_its_last_record(tmp_path):
     storage.log.append(entries)
     storage.log.sync()
     try:
-        assert os.path.getsize(seg_path(data_dir)) == records_end(entries)
+        assert os.path.getsize(segment_path(data_dir)) == records_end(entries)
     finally:
         storage.close()
 
@@ -99,29 +92,21 @@ def punch_hole(data_dir: str, entries, k: int) -> tuple[int, int]:
     """Zero the first whole sector at or after entry ``k + 1``'s record, as a page the
     kernel never wrote back would read; returns (offset of the record the hole starts
     in, index of the last entry before it)."""
-    starts = record_starts(entries)
+    starts = record_offsets(entries)[:-1]
     hole = -(-starts[k] // segment.SECTOR_BYTES) * segment.SECTOR_BYTES
     assert hole + segment.SECTOR_BYTES < records_end(entries), "needs data behind it"
     torn = max(i for i, s in enumerate(starts) if s <= hole)
-    with open(seg_path(data_dir), "r+b") as f:
+    with open(segment_path(data_dir), "r+b") as f:
         f.seek(hole)
         f.write(bytes(segment.SECTOR_BYTES))
     return starts[torn], torn  # entries 1..torn survive
-
-
-def write_log(data_dir: str, count: int = 60):
-    storage = open_storage(data_dir)
-    entries = make_entries(1, count, term=1)
-    storage.log.append(entries)
-    storage.close()
-    return entries
 
 
 def test_a_hole_in_the_last_unsynced_write_is_a_torn_tail(tmp_path, log_events):
     # The kernel writes an unsynced write's pages back in any order: a crash can leave
     # one unwritten (zeros) with later records of the same write intact behind it.
     data_dir = str(tmp_path / "data")
-    entries = write_log(data_dir)
+    entries = write_log(data_dir, 60)
     torn_at, survivors = punch_hole(data_dir, entries, 40)
     storage = open_storage(data_dir)
     try:
@@ -130,7 +115,7 @@ def test_a_hole_in_the_last_unsynced_write_is_a_torn_tail(tmp_path, log_events):
         warned = warnings_in(log_events)
         assert any("torn record" in w and f"byte offset {torn_at}" in w
                    for w in warned), warned
-        assert os.path.getsize(seg_path(data_dir)) == torn_at
+        assert os.path.getsize(segment_path(data_dir)) == torn_at
     finally:
         storage.close()
 
@@ -138,13 +123,13 @@ def test_a_hole_in_the_last_unsynced_write_is_a_torn_tail(tmp_path, log_events):
 def test_a_hole_further_from_the_end_than_an_unsynced_write_reaches_is_corruption(
         tmp_path, monkeypatch):
     data_dir = str(tmp_path / "data")
-    entries = write_log(data_dir)
+    entries = write_log(data_dir, 60)
     torn_at, _ = punch_hole(data_dir, entries, 10)
-    size = os.path.getsize(seg_path(data_dir))
+    size = os.path.getsize(segment_path(data_dir))
     monkeypatch.setattr(segment, "UNSYNCED_BYTES_MAX", (size - torn_at) // 2)
     with pytest.raises(CorruptLogError, match=f"byte offset {torn_at}"):
         open_storage(data_dir)
-    assert os.path.getsize(seg_path(data_dir)) == size  # nothing was cut
+    assert os.path.getsize(segment_path(data_dir)) == size  # nothing was cut
 
 
 def test_a_batch_over_the_unsynced_limit_is_written_in_synced_parts(tmp_path, monkeypatch):
@@ -193,12 +178,12 @@ def test_a_record_starting_in_a_sector_that_was_not_written_back_is_a_torn_tail(
     # unsynced, one was never written again: from that record on it reads as zeros,
     # while a later sector of the same write made it to the disk.
     data_dir = str(tmp_path / "data")
-    entries = write_log(data_dir)
-    starts = record_starts(entries)
+    entries = write_log(data_dir, 60)
+    starts = record_offsets(entries)[:-1]
     k = next(i for i in range(30, 50) if starts[i] % segment.SECTOR_BYTES
              and starts[i] % segment.SECTOR_BYTES < segment.SECTOR_BYTES - 64)
     sector_end = starts[k] - starts[k] % segment.SECTOR_BYTES + segment.SECTOR_BYTES
-    with open(seg_path(data_dir), "r+b") as f:
+    with open(segment_path(data_dir), "r+b") as f:
         f.seek(starts[k])
         f.write(bytes(sector_end - starts[k]))
     storage = open_storage(data_dir)
@@ -226,7 +211,7 @@ def test_a_filesystem_that_cannot_preallocate_gets_plain_appends(tmp_path, monke
         for k in range(0, 40, 10):
             storage.log.append(entries[k:k + 10])
             storage.log.sync()
-            assert os.path.getsize(seg_path(data_dir)) == records_end(entries[:k + 10])
+            assert os.path.getsize(segment_path(data_dir)) == records_end(entries[:k + 10])
         assert len(calls) == 1  # tried once, then the segment stopped asking
     finally:
         storage.close()
