@@ -98,6 +98,7 @@ class Config:
     preferred_leader: str = ""
     snapshots_retained: int = 2
     fsync_in_thread: bool = False
+    fsync_aio: bool = True
     log_format: str = "text"
     acl: dict[str, str] = field(default_factory=dict)
     source: Path | None = None
@@ -249,8 +250,10 @@ def from_dict(doc: dict, base: Path | None = None) -> Config:
     backend = storage.get("backend", str, "wal")
     snapshots_retained = storage.positive("snapshots_retained", 2)
     fsync_in_thread = storage.get("fsync_in_thread", bool, False)
+    fsync_aio = storage.get("fsync_aio", bool, True)
     storage_options = {k: storage.raw[k] for k in storage.raw
-                       if k not in ("backend", "snapshots_retained", "fsync_in_thread")}
+                       if k not in ("backend", "snapshots_retained", "fsync_in_thread",
+                                    "fsync_aio")}
     storage.used.update(storage_options)
     storage.finish()
     machine = _Section(doc, "state_machine")
@@ -274,7 +277,7 @@ def from_dict(doc: dict, base: Path | None = None) -> Config:
         state_machine_plugin=plugin, state_machine_options=machine_options,
         cluster_name=cluster_name, join=join, preferred_leader=preferred,
         snapshots_retained=snapshots_retained, fsync_in_thread=fsync_in_thread,
-        log_format=log_format, acl=acl)
+        fsync_aio=fsync_aio, log_format=log_format, acl=acl)
 
 
 def _section_client(doc: dict) -> ClientSettings:

@@ -65,6 +65,22 @@ class ILogStore(Interface):
         """Release files; the object is unusable afterwards."""
 
 
+class IFdSyncLogStore(ILogStore):
+    """A log whose ``sync`` is one ``fdatasync`` of one file, which the node may start
+    itself without blocking (a leader does, through Linux AIO: ``kvraft.storage.aio``)
+    and report back. Optional: a log without it is synced with ``sync``."""
+
+    def sync_fd() -> int | None:
+        """The descriptor ``sync`` would fdatasync now, or None when every append is
+        durable already. It stays open until an ``append`` rolls past its file, or
+        ``reset`` or ``close``: the node calls none of these while its flush is in
+        flight."""
+
+    def mark_synced() -> None:
+        """The descriptor ``sync_fd`` returned was fdatasynced after the last append:
+        record what ``sync`` would have (every appended entry is durable)."""
+
+
 class IStableStore(Interface):
     """Small durable state: the Raft hard state and node metadata."""
 

@@ -1,6 +1,8 @@
-"""Shared pytest configuration: the --runslow flag gates long soak and chaos runs."""
+"""Shared pytest configuration: the --runslow flag gates long soak and chaos runs; the
+log_events fixture collects Twisted log events."""
 
 import pytest
+from twisted.logger import globalLogPublisher
 
 
 def pytest_addoption(parser):
@@ -17,3 +19,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
+
+
+@pytest.fixture
+def log_events():
+    """Twisted log events emitted during the test (a list of event dicts)."""
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)

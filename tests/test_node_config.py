@@ -24,6 +24,7 @@ def test_defaults():
     assert config.raft.compaction_margin_entries == 10_000
     assert config.snapshots_retained == 2 and config.preferred_leader == ""
     assert config.fsync_in_thread is False
+    assert config.fsync_aio is True
     assert config.raft.proposal_hold_ms == 10
 
 
@@ -39,6 +40,13 @@ def test_fsync_in_thread_is_the_node_s_not_the_backend_s():
     assert config.fsync_in_thread is True and config.storage_options == {}
     with pytest.raises(ConfigError, match="storage.fsync_in_thread: expected bool"):
         from_dict(doc(storage={"fsync_in_thread": "yes"}))
+
+
+def test_fsync_aio_is_the_node_s_not_the_backend_s():
+    config = from_dict(doc(storage={"fsync_aio": False}))
+    assert config.fsync_aio is False and config.storage_options == {}
+    with pytest.raises(ConfigError, match="storage.fsync_aio: expected bool"):
+        from_dict(doc(storage={"fsync_aio": 1}))
 
 
 def test_snapshots_retained_is_not_passed_to_the_storage_backend():

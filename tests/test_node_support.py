@@ -9,6 +9,7 @@ global reactor or sleeps. (No tests here: this module is imported by test_node_*
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from twisted.internet import defer
@@ -33,6 +34,47 @@ class InlineThreadPool:
             on_result(False, Failure())
         else:
             on_result(True, result)
+
+
+class FakeFlusher:
+    """A node's log flusher (``kvraft.storage.aio.AioSync``'s shape) on the test clock.
+
+    Each ``submit(fd)`` is remembered; unless ``hold`` is set, it completes on the next
+    clock step with a real ``os.fdatasync``. With ``hold``, the test decides: ``release()``
+    completes the oldest flush (with ``error``, if given, instead of syncing).
+    """
+
+    def __init__(self, on_done, node_id: str):
+        self.on_done = on_done
+        self.node_id = node_id
+        self.reactor = None
+        self.hold = False
+        self.pending: list[int] = []
+        self.submitted = 0
+        self.in_flight = False
+        self.closed = False
+
+    def start(self, reactor) -> None:
+        self.reactor = reactor
+
+    def submit(self, fd: int) -> None:
+        assert not self.in_flight, "two flushes in flight"
+        assert not self.closed, "submit after close"
+        self.submitted += 1
+        self.in_flight = True
+        self.pending.append(fd)
+        if not self.hold:
+            self.reactor.callLater(0, self.release)
+
+    def release(self, error: OSError | None = None) -> None:
+        fd = self.pending.pop(0)
+        if error is None:
+            os.fdatasync(fd)
+        self.in_flight = False
+        self.on_done(error)
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class FakeReactor(Clock):
@@ -146,8 +188,13 @@ class NodeCluster:
     """N RaftNodeServices on one clock; nodes may be stopped, restarted and added."""
 
     def __init__(self, base: Path, size: int = 3, raft: dict | None = None,
-                 storage: dict | None = None, preferred_leader: str = ""):
+                 storage: dict | None = None, preferred_leader: str = "",
+                 flusher: bool = False):
         self.base = Path(base)
+        # flusher=True: leaders flush through a FakeFlusher (the AIO path), kept here;
+        # a callable is used as the nodes' open_flusher.
+        self.flusher = flusher
+        self.flushers: dict[str, FakeFlusher] = {}
         self.reactor = FakeReactor()
         self.net = Net(self.reactor)
         self.raft = raft or {}
@@ -172,8 +219,14 @@ class NodeCluster:
         transport = FakeTransport(self.net, node_id,
                                   {k: v for k, v in config.members.items()})
         self.net.transports[node_id] = transport
+        open_flusher = self.flusher if callable(self.flusher) else None
+        if self.flusher is True:
+            def open_flusher(on_done, node_id=node_id):
+                self.flushers[node_id] = FakeFlusher(on_done, node_id)
+                return self.flushers[node_id], ""
         node = RaftNodeService(config, storage, KvStateMachine(), transport,
-                               reactor=self.reactor, rng_seed=sum(map(ord, node_id)))
+                               reactor=self.reactor, rng_seed=sum(map(ord, node_id)),
+                               open_flusher=open_flusher)
         transport.on_unreachable = node.report_unreachable
         node.startService()
         self.nodes[node_id] = node

@@ -250,8 +250,12 @@ class Segment:
         """fdatasync the file if anything was written since the last sync."""
         if self.dirty:
             fsutil.fdatasync(self.fd)
-            self.dirty = False
-            self.unsynced = 0
+            self.synced()
+
+    def synced(self) -> None:
+        """Record an fdatasync of the file that ran elsewhere (``WalLogStore.mark_synced``)."""
+        self.dirty = False
+        self.unsynced = 0
 
     def trim(self) -> None:
         """Cut off the space reserved after the records (synced by the next ``sync``):

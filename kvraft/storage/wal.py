@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from kvraft.interfaces import ILogStore, IStableStore
+from kvraft.interfaces import IFdSyncLogStore, IStableStore
 from kvraft.raft.types import Entry, HardState
 from kvraft.storage import fsutil
 from kvraft.storage.base import Storage, parse_options
@@ -76,7 +76,7 @@ CACHE_WARM_BYTES_MAX = 4 * 1024 * 1024
 """How much of the log tail ``open`` reads back into the cache."""
 
 
-@implementer(ILogStore)
+@implementer(IFdSyncLogStore)
 class WalLogStore(IndexedLog):
     """The log in segment files under ``data_dir/wal``; see the module docstring."""
 
@@ -314,6 +314,18 @@ class WalLogStore(IndexedLog):
             segment.sync()
         except OSError as e:
             raise self._fail("fsync", segment.path, e) from None
+        self._synced_index = self.last_index()
+
+    def sync_fd(self) -> int | None:
+        """The last segment's descriptor if it has unsynced writes (``IFdSyncLogStore``:
+        older segments were synced when the log rolled past them)."""
+        self._check_usable()
+        segment = self._segments[-1]
+        return segment.fd if segment.dirty else None
+
+    def mark_synced(self) -> None:
+        """The last segment was fdatasynced by the caller after the last append."""
+        self._segments[-1].synced()
         self._synced_index = self.last_index()
 
     def compact(self, index: int) -> None:

@@ -29,11 +29,16 @@ class Answers:
         self.order.append(token)
 
 
-@pytest.fixture(params=["fsync-inline", "fsync-in-thread"])
+@pytest.fixture(params=["fsync-inline", "fsync-in-thread", "fsync-flusher"])
 def cluster(tmp_path, request):
     in_thread = request.param == "fsync-in-thread"
-    c = NodeCluster(tmp_path, size=3, storage={"fsync_in_thread": in_thread})
+    flusher = request.param == "fsync-flusher"
+    c = NodeCluster(tmp_path, size=3, storage={"fsync_in_thread": in_thread},
+                    flusher=flusher)
     assert all(n.fsync_in_thread is in_thread for n in c.nodes.values())
+    expected_mode = {"fsync-inline": "reactor", "fsync-in-thread": "thread",
+                     "fsync-flusher": "aio"}[request.param]
+    assert all(n.fsync_mode == expected_mode for n in c.nodes.values())
     c.run_until(lambda: any(n.role == Role.Leader for n in c.nodes.values()),
                 what="a leader")
     yield c

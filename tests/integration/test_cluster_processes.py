@@ -41,6 +41,9 @@ def test_writes_and_linearizable_reads_through_leader_and_followers(cluster):
     assert info["raft_role"] == "follower"
     # twistd kvraft runs on kvraft.reactor unless --reactor chose another.
     assert clients[leader].info("server")["multiplexing_api"] == "kvraft-epoll"
+    # ...and a leader flushes its log through Linux AIO (storage.fsync_aio, the default),
+    # so every write above went through that path.
+    assert clients[leader].info("server")["fsync_mode"] == "aio"
     # ...and, once its state is loaded, freezes it and raises the collector's thresholds.
     assert "garbage collector: startup state frozen" in cluster.tail_log(leader, lines=400)
 

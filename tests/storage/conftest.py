@@ -4,16 +4,6 @@ from __future__ import annotations
 
 import pytest
 from storage_support import BACKENDS, Harness
-from twisted.logger import globalLogPublisher
-
-
-@pytest.fixture
-def log_events():
-    """Twisted log events emitted during the test (a list of event dicts)."""
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 @pytest.fixture(params=BACKENDS)
