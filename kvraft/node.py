@@ -509,6 +509,9 @@ class RaftNodeService(Service):
         seq, term, proposed_s = last
         if seq not in self._proposed or term != self.core.term:
             return True  # applied (or failed), or from an earlier term
+        index = self._proposed[seq].key
+        if index is not None and index <= self.core.log.committed:
+            return True  # committed: its apply comes after the next batch's MsgApps
         held_s = self.reactor.seconds() - proposed_s
         if held_s >= self.proposal_hold_s:
             return True
@@ -528,11 +531,19 @@ class RaftNodeService(Service):
         could be neither durable nor applied before that write ends, so the requests
         wait and go out with the next Ready as one entry, one fsync and one MsgApp per
         follower. Nor, for up to ``raft.proposal_hold_ms``, while its previous batch is
-        not yet applied: the writes that arrive meanwhile go out together once it is
+        not yet committed: the writes that arrive meanwhile go out together once it is
         (one entry instead of two or three smaller ones; on a small machine the cost of
         an entry - an fsync on every node, a message each way per follower - is what
         bounds throughput), and the hold bounds what that costs in latency when commits
         are slow (a follower far away).
+
+        The hold ends at the commit, not at the apply: the acknowledgements that commit
+        a batch arrive in the turn that then proposes the next one, so the next batch's
+        MsgApps leave and its flush starts before the leader applies the committed batch
+        and answers its clients (_drain). Followers and the disk work on batch k + 1
+        while the leader applies batch k. Measured with the leader's flush through AIO,
+        alternating fresh clusters: -c 10 p50 2.4-3.5 ms against 3.1-3.8 ms at the
+        apply, p99 4.3-9.3 ms against 6.2-10.7 ms; -P 16 and -c 50 unchanged.
 
         Reads wait while a ReadIndex round is out (as etcd's read loop does): the next
         round then confirms every read that queued meanwhile. Both keep the cost per
@@ -793,8 +804,9 @@ class RaftNodeService(Service):
             self._finish(rd, late)
 
     def _start_flush(self, rd: Ready, late: list) -> bool:
-        """Start the leader's log flush through the flusher; False when the log has
-        nothing to flush (the Ready only changed the hard state: persisted inline).
+        """Start the leader's log flush through the flusher; False when every appended
+        byte is durable already (an append over the WAL's unsynced limit syncs its parts
+        itself), and then the Ready is finished inline.
 
         While the flush is in flight the reactor is free: the leader applies what is
         committed and durable here (``early`` in _drain) and answers those clients, takes

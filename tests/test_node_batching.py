@@ -1,4 +1,4 @@
-"""A leader's write batching: while its last batch is not yet applied, the writes that
+"""A leader's write batching: while its last batch is not yet committed, the writes that
 arrive wait (up to ``raft.proposal_hold_ms``) and then go out together as one entry."""
 
 import msgpack
@@ -70,6 +70,36 @@ def test_the_next_batch_goes_out_as_soon_as_the_last_one_is_applied(tmp_path, an
         leader.submit_write([b"SET", b"c", b"1"], answers, "c")
         cluster.reactor.advance(0)
         assert set(answers.got) == {"a", "b", "c"}
+    finally:
+        cluster.close()
+
+
+def test_the_next_batch_leaves_before_the_committed_one_is_applied(tmp_path):
+    cluster = NodeCluster(tmp_path, raft={"proposal_hold_ms": 10_000})
+    try:
+        leader = _leader(cluster)
+        held = []  # the followers' messages to the leader, delivered later
+        cluster.net.filter = lambda m: held.append(m) if m.to == leader.node_id else m
+        seen = {}
+
+        def done(token, result):
+            seen[token] = (str(result), leader.core.log.last_index())
+
+        leader.submit_write([b"SET", b"a", b"1"], done, "a")
+        cluster.reactor.advance(0)
+        a_index = leader.core.log.last_index()
+        leader.submit_write([b"SET", b"b", b"1"], done, "b")
+        cluster.reactor.advance(0)
+        assert leader.core.log.last_index() == a_index, "b not held while a commits"
+        cluster.net.filter = None
+        for m in held:
+            cluster.net.deliver(m.frm, m)
+        cluster.run_until(lambda: "a" in seen, what="a answered")
+        # When a's client hears OK, b is in the log already: proposed (and sent) in
+        # the turn that committed a, before a was applied.
+        assert seen["a"] == ("OK", a_index + 1)
+        cluster.run_until(lambda: "b" in seen, what="b answered")
+        assert seen["b"][0] == "OK"
     finally:
         cluster.close()
 
