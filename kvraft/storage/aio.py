@@ -94,7 +94,11 @@ class AioSync:
             err = ctypes.get_errno()
             raise AioUnavailableError(f"io_setup failed: {os.strerror(err)} (errno {err}); "
                                  "a seccomp filter, or /proc/sys/fs/aio-max-nr reached")
-        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        except OSError:
+            self._syscall(calls["io_destroy"], self._ctx)
+            raise
         self._iocb = _Iocb(aio_lio_opcode=IOCB_CMD_FDSYNC, aio_flags=IOCB_FLAG_RESFD,
                            aio_resfd=self._efd)
         self._iocbs = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(self._iocb))
