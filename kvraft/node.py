@@ -237,9 +237,6 @@ class RaftNodeService(Service):
         # ``(flusher, reason)``; kvraft.storage.aio by default): see _open_flusher.
         self._open_flusher_with = open_flusher
         self.flusher = None
-        self.fsync_mode = "thread" if fsync_in_thread else "reactor"
-        """How this node's log writes are flushed: "aio" (a leader's through Linux AIO),
-        "thread" (``storage.fsync_in_thread``) or "reactor" (``os.fdatasync`` inline)."""
         self._flush_job: tuple | None = None  # (Ready, late entries, started) in flight
         self.config = config
         self.node_id = config.node_id
@@ -388,7 +385,14 @@ class RaftNodeService(Service):
             return
         flusher.start(self.reactor)
         self.flusher = flusher
-        self.fsync_mode = "aio"
+
+    @property
+    def fsync_mode(self) -> str:
+        """How this node's log writes are flushed: "aio" (a leader's through Linux AIO),
+        "thread" (``storage.fsync_in_thread``) or "reactor" (``os.fdatasync`` inline)."""
+        if self.flusher is not None:
+            return "aio"
+        return "thread" if self.fsync_in_thread else "reactor"
 
     def _idle(self) -> None:
         waiting, self._when_idle = self._when_idle, []
@@ -838,12 +842,10 @@ class RaftNodeService(Service):
             return
         try:
             self.storage.log.mark_synced()
-            if rd.hard_state is not None:
-                self.storage.stable.save_hard_state(rd.hard_state)
+            self._persist(rd.hard_state, False, started)
         except Exception:
             self._storage_failed(Failure())
             return
-        self.metrics.fsync(perf_counter() - started)
         self._persisted(None, rd, late)
 
     def _send_early(self) -> None:
@@ -917,9 +919,13 @@ class RaftNodeService(Service):
             cut += 1
         return entries[:cut], entries[cut:]
 
-    def _persist(self, hard_state: HardState | None, sync: bool) -> None:
-        """Runs in the writer thread: the only blocking part of the loop."""
-        started = perf_counter()
+    def _persist(self, hard_state: HardState | None, sync: bool,
+                 started: float | None = None) -> None:
+        """Runs in the writer thread: the only blocking part of the loop. After a flush
+        through the flusher (``sync`` false), records the hard state and the flush time
+        from ``started``."""
+        if started is None:
+            started = perf_counter()
         if sync:
             self.storage.log.sync()
         if hard_state is not None:

@@ -93,7 +93,7 @@ class AioSync:
         if self._syscall(calls["io_setup"], EVENTS_MAX, ctypes.byref(self._ctx)) != 0:
             err = ctypes.get_errno()
             raise AioUnavailableError(f"io_setup failed: {os.strerror(err)} (errno {err}); "
-                                 "a seccomp filter, or /proc/sys/fs/aio-max-nr reached")
+                                      "a seccomp filter, or /proc/sys/fs/aio-max-nr reached")
         try:
             self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         except OSError:

@@ -226,10 +226,7 @@ class Segment:
             else:
                 self.preallocate_bytes = 0  # the filesystem cannot (or is full): append
         if self.unsynced + len(data) <= UNSYNCED_BYTES_MAX:
-            fsutil.pwrite_all(self.fd, data, self.end)
-            self.end = end
-            self.unsynced += len(data)
-            self.dirty = True
+            self._put(data)
         else:
             self._write_in_parts(memoryview(data))
         self.offsets.extend(offsets)
@@ -240,11 +237,15 @@ class Segment:
             if self.unsynced >= UNSYNCED_BYTES_MAX:
                 self.sync()
             part = view[:UNSYNCED_BYTES_MAX - self.unsynced]
-            fsutil.pwrite_all(self.fd, part, self.end)
-            self.end += len(part)
-            self.unsynced += len(part)
-            self.dirty = True
+            self._put(part)
             view = view[len(part):]
+
+    def _put(self, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` at the end, unsynced."""
+        fsutil.pwrite_all(self.fd, data, self.end)
+        self.end += len(data)
+        self.unsynced += len(data)
+        self.dirty = True
 
     def sync(self) -> None:
         """fdatasync the file if anything was written since the last sync."""
