@@ -3,12 +3,18 @@
 Every test is a ``kvraft bench run`` with fixed options; the suite writes each test's
 JSON and chart plus ``suite.json`` with a verdict per target. The targets assume a quiet
 2-core machine: ``machine.load_before`` in each result says how quiet it was.
+
+On a shared VM one run of a test can differ from the next by 20-30%. ``--repeat N`` runs
+each test N times in a row and judges every target on the median of its N values (each
+run's JSON is kept, ``<name>-<test>-<i>.json``); ``suite.json`` lists every value beside
+the median, so a report can give the spread and not only a lucky or unlucky run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +38,9 @@ class Check:
         return float(node)
 
     def passed(self, result: dict) -> bool:
-        value = self.value(result)
+        return self.passed_value(self.value(result))
+
+    def passed_value(self, value: float) -> bool:
         return value >= self.bound if self.op == ">=" else value <= self.bound
 
     def describe(self) -> str:
@@ -77,6 +85,34 @@ def tests(quick: bool) -> list[Test]:
     ]
 
 
+REPEAT_MAX = 20
+"""Most runs of each test ``--repeat`` takes (the full suite takes about 2.5 minutes)."""
+
+
+def judge(checks: tuple[Check, ...], results: list[dict]) -> list[dict]:
+    """Each check over the runs of one test: every run's value, their median, and the
+    verdict on the median (``passed``) and on each run (``runs_passed``)."""
+    judged = []
+    for check in checks:
+        values = [check.value(result) for result in results]
+        median = statistics.median(values)
+        judged.append({"target": check.describe(), "value": median, "values": values,
+                       "passed": check.passed_value(median),
+                       "runs_passed": sum(map(check.passed_value, values))})
+    return judged
+
+
+def describe_check(judged: dict) -> str:
+    """One line: the target, the median and the runs, the verdict."""
+    verdict = "met" if judged["passed"] else "MISSED"
+    values = judged["values"]
+    if len(values) == 1:
+        return f"  target {judged['target']}: {judged['value']:g} {verdict}"
+    runs = " / ".join(f"{v:g}" for v in values)
+    return (f"  target {judged['target']}: median {judged['value']:g} {verdict} "
+            f"(runs {runs}; met in {judged['runs_passed']} of {len(values)})")
+
+
 def main(argv: list[str]) -> int:
     """``kvraft bench suite``."""
     parser = argparse.ArgumentParser(prog="kvraft bench suite",
@@ -85,32 +121,46 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--only", action="append", default=[], metavar="TEST",
                         help="run only this test (repeatable): "
                         + ", ".join(t.name for t in tests(False)))
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help=f"run each test N times (1-{REPEAT_MAX}) and judge each target "
+                        "on the median run (default 1)")
     cli.add_cluster_options(parser)
     cli.add_output_options(parser, "suite")
     args = parser.parse_args(argv)
+    if not 1 <= args.repeat <= REPEAT_MAX:
+        parser.error(f"--repeat {args.repeat}: give a count from 1 to {REPEAT_MAX}")
     chosen = [t for t in tests(args.quick) if not args.only or t.name in args.only]
     if not chosen:
         print("kvraft bench suite: no such test", file=sys.stderr)
         return 2
     progress = cli.Progress(args.quiet)
-    report = {"tests": []}
+    report = {"repeat": args.repeat, "tests": []}
     try:
         with cli.cluster_target(args, progress) as target:
             for test in chosen:
-                progress(f"{test.name}: {test.note} ...")
-                result = runner.run(target, test.options, progress)
-                progress.done()
-                result["test"] = test.name
-                result["checks"] = [{"target": c.describe(), "value": c.value(result),
-                                     "passed": c.passed(result)} for c in test.checks]
-                cli.save(result, args.out, f"{args.name}-{test.name}", not args.no_chart)
-                report["tests"].append({k: v for k, v in result.items()
-                                        if k not in ("histogram", "timeline")})
                 print(f"== {test.name}: {test.note}")
-                print(cli.summary(result))
-                for check in result["checks"]:
-                    verdict = "met" if check["passed"] else "MISSED"
-                    print(f"  target {check['target']}: {check['value']:g} {verdict}")
+                results = []
+                for run in range(1, args.repeat + 1):
+                    label = f" (run {run} of {args.repeat})" if args.repeat > 1 else ""
+                    progress(f"{test.name}{label}: {test.note} ...")
+                    result = runner.run(target, test.options, progress)
+                    progress.done()
+                    result["test"] = test.name
+                    result["checks"] = judge(test.checks, [result])
+                    stem = f"{args.name}-{test.name}" + (f"-{run}" if args.repeat > 1 else "")
+                    cli.save(result, args.out, stem, not args.no_chart)
+                    results.append({k: v for k, v in result.items()
+                                    if k not in ("histogram", "timeline")})
+                    print(cli.summary(result))
+                if len(results) == 1:
+                    entry = results[0]  # the run itself, as without --repeat
+                else:
+                    entry = {"test": test.name, "note": test.note,
+                             "options": results[0]["options"],
+                             "checks": judge(test.checks, results), "runs": results}
+                report["tests"].append(entry)
+                for check in entry["checks"]:
+                    print(describe_check(check))
     except (OSError, RuntimeError, TimeoutError) as e:
         progress.done()
         print(f"kvraft bench suite: {e}", file=sys.stderr)
