@@ -373,6 +373,32 @@ def test_deeply_nested_arrays_encode_without_recursion():
     assert encode_reply(value) == b"*1\r\n" * 5000 + b"*0\r\n"
 
 
+def _bulk_array(items: list[bytes]) -> bytes:
+    """The RESP array of bulk strings, spelled out one element at a time."""
+    return b"*%d\r\n" % len(items) + b"".join(b"$%d\r\n%s\r\n" % (len(i), i) for i in items)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=20) | st.binary(min_size=4090, max_size=4100),
+                min_size=1, max_size=30))
+def test_an_array_of_bulk_strings_is_encoded_element_for_element(items):
+    # KEYS and MGET answers take a C-level path (a million keys must not block the
+    # node for seconds); it must write exactly what the general encoder writes.
+    assert encode_reply(items) == _bulk_array(items)
+    assert encode_reply(items, resp3=True) == _bulk_array(items)
+
+
+@pytest.mark.parametrize("items", [
+    [b"", b"x" * 4095, b"y" * 4096, b"z" * 70000],  # the header table ends at 4095
+    [b"k1", None, b"k3"],  # MGET with a missing key: the general path
+    [b"k1", bytearray(b"k2")],
+])
+def test_arrays_the_fast_path_declines_or_edges_it_meets(items):
+    expected = b"*%d\r\n" % len(items) + b"".join(
+        b"$-1\r\n" if i is None else b"$%d\r\n%s\r\n" % (len(i), bytes(i)) for i in items)
+    assert encode_reply(items) == expected
+
+
 def test_error_lines_cannot_break_the_stream():
     assert encode_error("ERR bad\r\nthing") == b"-ERR bad  thing\r\n"
 
