@@ -52,13 +52,17 @@ from kvraft.client.backend import AllowAll, IClientACL, IClientBackend
 from kvraft.client.commands import Route, resolve, resolve_many
 from kvraft.client.errors import BackendError, InvalidCommandError, ProtocolError
 from kvraft.client.limits import ClientLimits, ClientStats
-from kvraft.client.resp import OK, RespParser, encode_error, encode_reply
+from kvraft.client.resp import OK, RespParser, encode_error, encode_items, encode_reply
 
 __all__ = ["ClientFactory", "ClientLimits", "ClientProtocol", "ClientStats"]
 
 log = Logger(namespace="kvraft.client")
 
 MAX_CLIENTS_REPLY = b"-ERR max number of clients reached\r\n"
+REPLY_STEP_ITEMS = 16384
+"""An array reply longer than this (KEYS of a big key space) is encoded this many
+elements per reactor turn. Encoding a million keys at once blocked the node for over a
+second: a leader that long without heartbeats lost its leadership to an election."""
 _LOCAL, _READ, _WRITE = Route.LOCAL, Route.READ, Route.WRITE
 _OK_RESULT = results.OK
 INTERNAL_ERROR = (
@@ -518,6 +522,10 @@ class ClientProtocol(Protocol):
     def _on_done(self, token: tuple, result: object) -> None:
         """The backend answered a submitted command (a result, or a BackendError)."""
         burst, index, resp3 = token
+        if type(result) is list and len(result) > REPLY_STEP_ITEMS:
+            self._awaiting -= 1
+            self._encode_in_steps(burst, index, result, resp3)
+            return
         self._complete(burst, index, self._reply(result, resp3))
 
     def _on_group_done(self, token: tuple, results: object) -> None:
@@ -528,6 +536,7 @@ class ClientProtocol(Protocol):
         self._awaiting -= count
         if self._lost:
             return
+        long: list[tuple[int, list]] = []  # (index, array) to encode in steps
         if isinstance(results, Exception):
             data = self._error_reply(results)
             replies = [data] * count
@@ -535,7 +544,12 @@ class ClientProtocol(Protocol):
             replies = [OK] * count  # a pipeline of SETs
         else:
             reply = self._reply
-            replies = [reply(result, resp3) for result in results]
+            # A long array (KEYS) is left empty here, pending, for _encode_in_steps.
+            replies = [b"" if type(result) is list and len(result) > REPLY_STEP_ITEMS
+                       else reply(result, resp3) for result in results]
+            if b"" in replies and len(replies) == count:
+                long = [(index, result) for index, result in zip(indexes, results, strict=True)
+                        if type(result) is list and len(result) > REPLY_STEP_ITEMS]
         if len(replies) != count:
             raise ValueError(f"{len(replies)} results for {count} commands (a backend bug)")
         stored = burst.replies
@@ -546,9 +560,11 @@ class ClientProtocol(Protocol):
             for index, data in zip(indexes, replies, strict=True):
                 stored[index] = data
         size = sum(map(len, replies))
-        burst.pending -= count
+        burst.pending -= count - len(long)
         burst.bytes += size
         self._unwritten_bytes += size
+        for index, items in long:
+            self._encode_in_steps(burst, index, items, resp3)
         if not self._pumping:
             self._settled(burst)
 
@@ -564,14 +580,45 @@ class ClientProtocol(Protocol):
         return self._encode(result, resp3)
 
     def _on_result(self, result: object, burst: _Burst, index: int, resp3: bool) -> None:
+        if type(result) is list and len(result) > REPLY_STEP_ITEMS:
+            self._awaiting -= 1
+            self._encode_in_steps(burst, index, result, resp3)
+            return
         self._complete(burst, index, self._encode(result, resp3))
 
     def _on_failure(self, failure: Failure, burst: _Burst, index: int) -> None:
         self._complete(burst, index, self._error_reply(failure.value, failure))
 
+    def _encode_in_steps(self, burst: _Burst, index: int, items: list, resp3: bool) -> None:
+        """Encode a long array reply ``REPLY_STEP_ITEMS`` elements per reactor turn,
+        then store it as request ``index`` of ``burst`` (still pending meanwhile, so
+        nothing after it is written first). ``_awaiting`` is already counted down: the
+        backend has answered, and the connection's next writes need not wait for this."""
+        parts = [b"*%d\r\n" % len(items)]
+        step = REPLY_STEP_ITEMS
+
+        def encode_from(start: int) -> None:
+            if self._lost:
+                return
+            try:
+                parts.append(encode_items(items[start:start + step], resp3))
+            except Exception as e:
+                self._fill(burst, index, self._error_reply(e))
+                return
+            if start + step < len(items):
+                self._clock.callLater(0, encode_from, start + step)
+            else:
+                self._fill(burst, index, b"".join(parts))
+
+        encode_from(0)
+
     def _complete(self, burst: _Burst, index: int, data: bytes) -> None:
         """Store the reply of request ``index`` of ``burst``; write what is ready."""
         self._awaiting -= 1
+        self._fill(burst, index, data)
+
+    def _fill(self, burst: _Burst, index: int, data: bytes) -> None:
+        """``_complete`` once ``_awaiting`` is counted down."""
         if self._lost:
             return
         burst.replies[index] = data

@@ -1,0 +1,125 @@
+"""A long array reply (KEYS of a big key space) is encoded ``REPLY_STEP_ITEMS`` elements
+per reactor turn, so that the node keeps serving (and a leader keeps sending heartbeats)
+while it is built; it is written whole, in request order, exactly as encoded at once."""
+
+from __future__ import annotations
+
+import pytest
+from client_support import FakeBackend, SubmitBackend, connect, make_factory
+
+from kvraft.client import server
+from kvraft.client.resp import encode_command, encode_reply
+
+STEP = 4
+KEYS = [b"k%02d" % i for i in range(11)]  # three steps of four, four, three
+
+
+@pytest.fixture(autouse=True)
+def small_steps(monkeypatch):
+    monkeypatch.setattr(server, "REPLY_STEP_ITEMS", STEP)
+
+
+def cmd(*args: bytes) -> bytes:
+    return encode_command(list(args))
+
+
+def filled(backend):
+    backend.data.update((key, b"v") for key in KEYS)
+    return backend
+
+
+def run_turns(factory, turns: int) -> None:
+    for _ in range(turns):
+        factory.clock.advance(0)
+
+
+BACKENDS = {
+    "submit": lambda: SubmitBackend(),
+    "grouped": lambda: SubmitBackend(grouped=True),
+    "deferred": lambda: FakeBackend(),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request):
+    return filled(BACKENDS[request.param]())
+
+
+def answer(backend) -> None:
+    if isinstance(backend, SubmitBackend):
+        backend.answer_all()
+
+
+def test_a_long_array_is_encoded_over_several_turns_and_written_whole(backend):
+    factory = make_factory(backend)
+    steps = []
+    call_later = factory.clock.callLater
+    factory.clock.callLater = lambda delay, f, *a: steps.append(a) or call_later(delay, f, *a)
+    protocol, transport = connect(factory)
+    protocol.dataReceived(cmd(b"KEYS", b"*"))
+    answer(backend)
+    assert transport.value() == b""  # the first step is done, the next is scheduled
+    assert steps == [(STEP,)]
+    run_turns(factory, 1)
+    assert steps == [(STEP,), (2 * STEP,)]  # each step in a turn of its own
+    assert transport.value() == encode_reply(KEYS)
+    assert transport.writes == 1
+    assert not factory.clock.getDelayedCalls()
+    assert protocol.pending_requests == 0 and protocol.buffered_bytes == 0
+
+
+def test_replies_after_a_long_array_wait_for_it(backend):
+    factory = make_factory(backend)
+    protocol, transport = connect(factory)
+    protocol.dataReceived(cmd(b"KEYS", b"*"))
+    answer(backend)
+    protocol.dataReceived(cmd(b"GET", b"k03"))
+    protocol.dataReceived(cmd(b"SET", b"new", b"1"))  # a write after a read that answered
+    answer(backend)
+    answer(backend)
+    assert transport.value() == b""
+    run_turns(factory, 2)
+    assert transport.value() == encode_reply(KEYS) + b"$1\r\nv\r\n+OK\r\n"
+
+
+def test_a_long_array_within_a_pipeline_keeps_its_place(backend):
+    factory = make_factory(backend)
+    protocol, transport = connect(factory)
+    protocol.dataReceived(cmd(b"GET", b"k00") + cmd(b"KEYS", b"*") + cmd(b"GET", b"k10"))
+    answer(backend)
+    assert transport.value() == b""
+    run_turns(factory, 2)
+    assert transport.value() == b"$1\r\nv\r\n" + encode_reply(KEYS) + b"$1\r\nv\r\n"
+
+
+def test_resp3_long_arrays_are_the_same_array(backend):
+    factory = make_factory(backend)
+    protocol, transport = connect(factory)
+    protocol.dataReceived(cmd(b"HELLO", b"3"))
+    hello = transport.value()
+    protocol.dataReceived(cmd(b"KEYS", b"*"))
+    answer(backend)
+    run_turns(factory, 2)
+    assert transport.value() == hello + encode_reply(KEYS, resp3=True)
+
+
+def test_a_connection_lost_while_encoding_stops_the_steps(backend):
+    factory = make_factory(backend)
+    protocol, transport = connect(factory)
+    protocol.dataReceived(cmd(b"KEYS", b"*"))
+    answer(backend)
+    protocol.connectionLost(None)
+    run_turns(factory, 1)
+    assert not factory.clock.getDelayedCalls()
+    assert transport.value() == b""
+
+
+def test_an_array_of_step_size_is_encoded_at_once(backend):
+    backend.data.clear()
+    backend.data.update((key, b"v") for key in KEYS[:STEP])
+    factory = make_factory(backend)
+    protocol, transport = connect(factory)
+    protocol.dataReceived(cmd(b"KEYS", b"*"))
+    answer(backend)
+    assert transport.value() == encode_reply(KEYS[:STEP])
+    assert not factory.clock.getDelayedCalls()
