@@ -264,6 +264,11 @@ def summary(result: dict) -> str:
                  f"{result['machine']['load_before'][0]:.1f} -> "
                  f"{result['machine']['load_after'][0]:.1f} on {result['machine']['cpus']} "
                  "cpus")
+    shares = result["machine"].get("cpu_percent")
+    if shares:
+        lines.append("  machine cpu " + "  ".join(
+            f"{name} {shares[name]:.1f}%" for name in
+            ("user", "system", "softirq", "idle", "iowait", "steal")))
     for sample in result.get("error_samples", []):
         lines.append(f"  error: {sample}")
     return "\n".join(lines)

@@ -57,6 +57,44 @@ def parse_status_memory(data: bytes) -> tuple[int, int]:
     return rss, hwm
 
 
+MACHINE_CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+"""The first eight columns of ``/proc/stat``'s ``cpu`` line, in order."""
+
+
+def machine_cpu_ticks() -> list[int] | None:
+    """The machine's CPU time so far per ``MACHINE_CPU_FIELDS``; None without /proc."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            return parse_machine_cpu(f.readline())
+    except (OSError, ValueError):
+        return None
+
+
+def parse_machine_cpu(line: bytes) -> list[int]:
+    """The ``MACHINE_CPU_FIELDS`` ticks from ``/proc/stat``'s ``cpu`` line (older kernels
+    lack the last columns: they count as 0)."""
+    fields = line.split()
+    if not fields or fields[0] != b"cpu":
+        raise ValueError(f"not the cpu line of /proc/stat: {line[:40]!r}")
+    ticks = [int(x) for x in fields[1:1 + len(MACHINE_CPU_FIELDS)]]
+    return ticks + [0] * (len(MACHINE_CPU_FIELDS) - len(ticks))
+
+
+def machine_cpu_percent(before: list[int] | None,
+                        after: list[int] | None) -> dict[str, float] | None:
+    """How the machine's CPU time between two ``machine_cpu_ticks`` was spent, in percent
+    per field. ``steal`` is time the hypervisor gave to other guests: on a shared VM, a
+    run with much of it measured a slower machine."""
+    if before is None or after is None:
+        return None
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(spent)
+    if total <= 0:
+        return None
+    return {name: round(100 * ticks / total, 1)
+            for name, ticks in zip(MACHINE_CPU_FIELDS, spent, strict=True)}
+
+
 def load_average() -> tuple[float, float, float]:
     """The 1, 5 and 15 minute load averages (other work on the machine skews figures)."""
     try:

@@ -13,7 +13,12 @@ from dataclasses import asdict, dataclass, field
 
 from kvraft.bench import loadgen, rbench
 from kvraft.bench.histogram import Histogram
-from kvraft.bench.procstat import ProcSampler, load_average
+from kvraft.bench.procstat import (
+    ProcSampler,
+    load_average,
+    machine_cpu_percent,
+    machine_cpu_ticks,
+)
 
 result_version = 1
 fill_clients = 16
@@ -89,6 +94,7 @@ def run(target: Target, opts: RunOptions,
     sampler.sample()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_before = load_average()
+    machine_before = machine_cpu_ticks()
     started = time.monotonic()
     last = [started, 0]
 
@@ -141,7 +147,9 @@ def run(target: Target, opts: RunOptions,
         "generator_cpu_s": round(generator_cpu, 3),
         "generator_cpu_us_per_op": cpu_us_per_op(generator_cpu, ok + errors),
         "machine": {"cpus": os.cpu_count(), "load_before": load_before,
-                    "load_after": load_average(), "python": sys.version.split()[0]},
+                    "load_after": load_average(), "python": sys.version.split()[0],
+                    "cpu_percent": machine_cpu_percent(machine_before,
+                                                       machine_cpu_ticks())},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -104,6 +104,27 @@ def test_stat_parsing_survives_odd_command_names():
     assert procstat.parse_stat_cpu(line) == pytest.approx(400 / procstat.clock_ticks_per_s)
 
 
+def test_machine_cpu_is_read_from_the_cpu_line_of_proc_stat():
+    line = b"cpu  5183120 265044 723414 4129391 143556 0 240017 95441 0 0\n"
+    assert procstat.parse_machine_cpu(line) == [5183120, 265044, 723414, 4129391, 143556,
+                                                0, 240017, 95441]
+    assert procstat.parse_machine_cpu(b"cpu 1 2 3 4 5 6 7") == [1, 2, 3, 4, 5, 6, 7, 0]
+    with pytest.raises(ValueError, match="not the cpu line"):
+        procstat.parse_machine_cpu(b"cpu0 1 2 3 4 5 6 7 8")
+    ticks = procstat.machine_cpu_ticks()
+    assert len(ticks) == len(procstat.MACHINE_CPU_FIELDS) and sum(ticks) > 0
+
+
+def test_machine_cpu_percent_says_how_the_run_spent_the_machine():
+    before = [1000, 0, 500, 4000, 100, 0, 50, 0]
+    after = [1600, 0, 700, 4100, 120, 0, 80, 50]  # 1,000 ticks: 60% user, 5% steal
+    shares = procstat.machine_cpu_percent(before, after)
+    assert shares == {"user": 60.0, "nice": 0.0, "system": 20.0, "idle": 10.0,
+                      "iowait": 2.0, "irq": 0.0, "softirq": 3.0, "steal": 5.0}
+    assert procstat.machine_cpu_percent(None, after) is None  # no /proc: no figure
+    assert procstat.machine_cpu_percent(after, after) is None  # no time passed
+
+
 def test_sampler_reports_cpu_and_memory():
     sampler = procstat.ProcSampler({"me": os.getpid()})
     sampler.sample()
@@ -137,6 +158,13 @@ def test_the_summary_shows_cpu_per_request_beside_cpu_time():
     assert "n1* cpu  62.0% (11.1 s, 55.5 µs/op)" in lines[3]
     assert "n2  cpu  62.0% (11.1 s)  rss" in lines[4]
     assert "load generator cpu 3.5 s, 17.5 µs/op" in lines[5]
+    assert len(lines) == 6  # no machine CPU shares known: no line for them
+    result["machine"]["cpu_percent"] = {"user": 55.0, "nice": 0.0, "system": 20.0,
+                                        "idle": 10.0, "iowait": 2.0, "irq": 0.0,
+                                        "softirq": 3.0, "steal": 5.0}
+    assert cli.summary(result).splitlines()[6] == (
+        "  machine cpu user 55.0%  system 20.0%  softirq 3.0%  idle 10.0%  iowait 2.0%  "
+        "steal 5.0%")
 
 
 # -- redis-benchmark output --------------------------------------------------------------------
