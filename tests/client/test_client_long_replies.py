@@ -123,3 +123,17 @@ def test_an_array_of_step_size_is_encoded_at_once(backend):
     answer(backend)
     assert transport.value() == encode_reply(KEYS[:STEP])
     assert not factory.clock.getDelayedCalls()
+
+
+def test_a_long_array_with_nils_is_encoded_in_steps_the_general_way(backend):
+    # MGET of keys some of which are missing: not all bytes, so each step takes the
+    # element-by-element encoder; the reply is still the one encode_reply gives at once.
+    asked = KEYS[:6] + [b"missing"] + KEYS[6:]
+    factory = make_factory(backend)
+    protocol, transport = connect(factory)
+    protocol.dataReceived(cmd(b"MGET", *asked))
+    answer(backend)
+    assert transport.value() == b""
+    run_turns(factory, 1)
+    expected = [b"v"] * 6 + [None] + [b"v"] * 5
+    assert transport.value() == encode_reply(expected)
