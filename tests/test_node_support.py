@@ -44,9 +44,8 @@ class FakeFlusher:
     completes the oldest flush (with ``error``, if given, instead of syncing).
     """
 
-    def __init__(self, on_done, node_id: str):
+    def __init__(self, on_done):
         self.on_done = on_done
-        self.node_id = node_id
         self.reactor = None
         self.hold = False
         self.pending: list[int] = []
@@ -222,7 +221,7 @@ class NodeCluster:
         open_flusher = self.flusher if callable(self.flusher) else None
         if self.flusher is True:
             def open_flusher(on_done, node_id=node_id):
-                self.flushers[node_id] = FakeFlusher(on_done, node_id)
+                self.flushers[node_id] = FakeFlusher(on_done)
                 return self.flushers[node_id], ""
         node = RaftNodeService(config, storage, KvStateMachine(), transport,
                                reactor=self.reactor, rng_seed=sum(map(ord, node_id)),

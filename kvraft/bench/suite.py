@@ -37,10 +37,8 @@ class Check:
             node = node[part]
         return float(node)
 
-    def passed(self, result: dict) -> bool:
-        return self.passed_value(self.value(result))
-
-    def passed_value(self, value: float) -> bool:
+    def passed(self, value: float) -> bool:
+        """Whether ``value`` (``value(result)``, or a median of them) meets the bound."""
         return value >= self.bound if self.op == ">=" else value <= self.bound
 
     def describe(self) -> str:
@@ -97,8 +95,8 @@ def judge(checks: tuple[Check, ...], results: list[dict]) -> list[dict]:
         values = [check.value(result) for result in results]
         median = statistics.median(values)
         judged.append({"target": check.describe(), "value": median, "values": values,
-                       "passed": check.passed_value(median),
-                       "runs_passed": sum(map(check.passed_value, values))})
+                       "passed": check.passed(median),
+                       "runs_passed": sum(map(check.passed, values))})
     return judged
 
 

@@ -535,8 +535,8 @@ def encode_reply(value: object, resp3: bool = False) -> bytes:
         return b":%d\r\n" % value
     if kind is Status or kind is CommandError:
         return _encode_scalar(value)
-    if kind is list and value and set(map(type, value)) == _ONLY_BYTES:
-        return b"*%d\r\n%s" % (len(value), _bulk_strings(value))
+    if kind is list:
+        return b"*%d\r\n%s" % (len(value), encode_items(value, resp3))
     parts: list[bytes] = []
     _encode_into(value, parts, resp3)
     return b"".join(parts)

@@ -544,14 +544,15 @@ class ClientProtocol(Protocol):
             replies = [OK] * count  # a pipeline of SETs
         else:
             reply = self._reply
-            # A long array (KEYS) is left empty here, pending, for _encode_in_steps.
+            # A long array (KEYS) is left empty here, pending, for _encode_in_steps (no
+            # reply is ever empty otherwise).
             replies = [b"" if type(result) is list and len(result) > REPLY_STEP_ITEMS
                        else reply(result, resp3) for result in results]
-            if b"" in replies and len(replies) == count:
-                long = [(index, result) for index, result in zip(indexes, results, strict=True)
-                        if type(result) is list and len(result) > REPLY_STEP_ITEMS]
         if len(replies) != count:
             raise ValueError(f"{len(replies)} results for {count} commands (a backend bug)")
+        if b"" in replies:
+            long = [(index, result) for index, result, data
+                    in zip(indexes, results, replies, strict=True) if not data]
         stored = burst.replies
         first = indexes[0]
         if indexes[-1] - first == count - 1:  # in a row (always, from _run_uniform)

@@ -28,9 +28,10 @@ def filled(backend):
     return backend
 
 
-def run_turns(factory, turns: int) -> None:
-    for _ in range(turns):
-        factory.clock.advance(0)
+def finish_steps(factory) -> None:
+    """Run the remaining encoding steps: ``Clock.advance(0)`` also runs the calls that
+    the calls it runs schedule for now (the step count is checked where it matters)."""
+    factory.clock.advance(0)
 
 
 BACKENDS = {
@@ -60,7 +61,7 @@ def test_a_long_array_is_encoded_over_several_turns_and_written_whole(backend):
     answer(backend)
     assert transport.value() == b""  # the first step is done, the next is scheduled
     assert steps == [(STEP,)]
-    run_turns(factory, 1)
+    finish_steps(factory)
     assert steps == [(STEP,), (2 * STEP,)]  # each step in a turn of its own
     assert transport.value() == encode_reply(KEYS)
     assert transport.writes == 1
@@ -78,7 +79,7 @@ def test_replies_after_a_long_array_wait_for_it(backend):
     answer(backend)
     answer(backend)
     assert transport.value() == b""
-    run_turns(factory, 2)
+    finish_steps(factory)
     assert transport.value() == encode_reply(KEYS) + b"$1\r\nv\r\n+OK\r\n"
 
 
@@ -88,7 +89,7 @@ def test_a_long_array_within_a_pipeline_keeps_its_place(backend):
     protocol.dataReceived(cmd(b"GET", b"k00") + cmd(b"KEYS", b"*") + cmd(b"GET", b"k10"))
     answer(backend)
     assert transport.value() == b""
-    run_turns(factory, 2)
+    finish_steps(factory)
     assert transport.value() == b"$1\r\nv\r\n" + encode_reply(KEYS) + b"$1\r\nv\r\n"
 
 
@@ -99,7 +100,7 @@ def test_resp3_long_arrays_are_the_same_array(backend):
     hello = transport.value()
     protocol.dataReceived(cmd(b"KEYS", b"*"))
     answer(backend)
-    run_turns(factory, 2)
+    finish_steps(factory)
     assert transport.value() == hello + encode_reply(KEYS, resp3=True)
 
 
@@ -109,7 +110,7 @@ def test_a_connection_lost_while_encoding_stops_the_steps(backend):
     protocol.dataReceived(cmd(b"KEYS", b"*"))
     answer(backend)
     protocol.connectionLost(None)
-    run_turns(factory, 1)
+    finish_steps(factory)
     assert not factory.clock.getDelayedCalls()
     assert transport.value() == b""
 
@@ -134,6 +135,6 @@ def test_a_long_array_with_nils_is_encoded_in_steps_the_general_way(backend):
     protocol.dataReceived(cmd(b"MGET", *asked))
     answer(backend)
     assert transport.value() == b""
-    run_turns(factory, 1)
+    finish_steps(factory)
     expected = [b"v"] * 6 + [None] + [b"v"] * 5
     assert transport.value() == encode_reply(expected)
