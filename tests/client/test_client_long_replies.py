@@ -28,6 +28,15 @@ def filled(backend):
     return backend
 
 
+def scheduled_steps(factory) -> list[tuple]:
+    """The arguments of every call the factory's clock is asked to schedule from now on
+    (an encoding step's is the index it starts at)."""
+    steps: list[tuple] = []
+    call_later = factory.clock.callLater
+    factory.clock.callLater = lambda delay, f, *a: steps.append(a) or call_later(delay, f, *a)
+    return steps
+
+
 def finish_steps(factory) -> None:
     """Run the remaining encoding steps: ``Clock.advance(0)`` also runs the calls that
     the calls it runs schedule for now (the step count is checked where it matters)."""
@@ -53,9 +62,7 @@ def answer(backend) -> None:
 
 def test_a_long_array_is_encoded_over_several_turns_and_written_whole(backend):
     factory = make_factory(backend)
-    steps = []
-    call_later = factory.clock.callLater
-    factory.clock.callLater = lambda delay, f, *a: steps.append(a) or call_later(delay, f, *a)
+    steps = scheduled_steps(factory)
     protocol, transport = connect(factory)
     protocol.dataReceived(cmd(b"KEYS", b"*"))
     answer(backend)
@@ -106,11 +113,13 @@ def test_resp3_long_arrays_are_the_same_array(backend):
 
 def test_a_connection_lost_while_encoding_stops_the_steps(backend):
     factory = make_factory(backend)
+    steps = scheduled_steps(factory)
     protocol, transport = connect(factory)
     protocol.dataReceived(cmd(b"KEYS", b"*"))
     answer(backend)
     protocol.connectionLost(None)
     finish_steps(factory)
+    assert steps == [(STEP,)], "the step after the loss scheduled another"
     assert not factory.clock.getDelayedCalls()
     assert transport.value() == b""
 
