@@ -60,12 +60,19 @@ def answer(backend) -> None:
         backend.answer_all()
 
 
-def test_a_long_array_is_encoded_over_several_turns_and_written_whole(backend):
+def keys_answered(backend):
+    """A connection that sent KEYS * and got the backend's answer: (factory, protocol,
+    transport, the steps scheduled since)."""
     factory = make_factory(backend)
     steps = scheduled_steps(factory)
     protocol, transport = connect(factory)
     protocol.dataReceived(cmd(b"KEYS", b"*"))
     answer(backend)
+    return factory, protocol, transport, steps
+
+
+def test_a_long_array_is_encoded_over_several_turns_and_written_whole(backend):
+    factory, protocol, transport, steps = keys_answered(backend)
     assert transport.value() == b""  # the first step is done, the next is scheduled
     assert steps == [(STEP,)]
     finish_steps(factory)
@@ -112,11 +119,7 @@ def test_resp3_long_arrays_are_the_same_array(backend):
 
 
 def test_a_connection_lost_while_encoding_stops_the_steps(backend):
-    factory = make_factory(backend)
-    steps = scheduled_steps(factory)
-    protocol, transport = connect(factory)
-    protocol.dataReceived(cmd(b"KEYS", b"*"))
-    answer(backend)
+    factory, protocol, transport, steps = keys_answered(backend)
     protocol.connectionLost(None)
     finish_steps(factory)
     assert steps == [(STEP,)], "the step after the loss scheduled another"
