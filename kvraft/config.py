@@ -14,6 +14,7 @@ from typing import Any
 
 NODE_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 node_id_bytes_max = 63
+proposal_gather_ms_max = 1000  # a gather is meant to last a client's round trip, not seconds
 
 
 class ConfigError(ValueError):
@@ -52,6 +53,7 @@ class RaftSettings:
     batch_bytes_max: int = 1 << 20
     request_timeout_ms: int = 5000
     proposal_hold_ms: int = 10  # a leader's next batch waits this long for the last one
+    proposal_gather_ms: float = 2.0  # ... then this long for the clients it answered
     snapshot_entries: int = 100_000  # snapshot once this many entries applied since the last
     snapshot_bytes: int = 128 << 20  # ... or this many bytes of entry data
     compaction_margin_entries: int = 10_000  # kept below a snapshot for slow followers
@@ -154,7 +156,8 @@ class _Section:
                 raise ConfigError(f"{full}: required key missing")
             return default
         value = self.raw[key]
-        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        numeric = kind is int or isinstance(kind, tuple) and int in kind
+        if numeric and isinstance(value, bool) or not isinstance(value, kind):
             kinds = kind if isinstance(kind, tuple) else (kind,)
             names = " or ".join(k.__name__ for k in kinds)
             raise ConfigError(f"{full}: expected {names}, got {value!r}")
@@ -332,6 +335,12 @@ def _section_raft(doc: dict) -> RaftSettings:
     if values["proposal_hold_ms"] < 0:
         raise ConfigError("raft.proposal_hold_ms: must be 0 or more, got "
                           f"{values['proposal_hold_ms']!r}")
+    values["proposal_gather_ms"] = float(
+        s.get("proposal_gather_ms", (int, float), d.proposal_gather_ms))
+    if not 0 <= values["proposal_gather_ms"] <= proposal_gather_ms_max:
+        raise ConfigError(
+            f"raft.proposal_gather_ms: must be from 0 to {proposal_gather_ms_max}, got "
+            f"{values['proposal_gather_ms']!r}")
     values["pre_vote"] = s.get("pre_vote", bool, True)
     values["check_quorum"] = s.get("check_quorum", bool, True)
     s.finish()

@@ -7,6 +7,7 @@ Two halves:
   ``Histogram``s (a list of bucket counts), no locks, no label lookups: a hook is an
   integer increment or a bisect. ``RaftNodeService.metrics`` holds one; the hooks are
   ``proposed``, ``proposal_dropped``, ``proposal_failed``, ``proposal_committed``,
+  ``gathered``,
   ``reads_failed``, ``reads_answered``, ``fsync``, ``applied`` and, for the snapshot
   code, ``snapshot``. They are called once per *batch* (one Raft entry, one ReadIndex
   round), never per client command: a Deferred callback per command would cost more
@@ -118,6 +119,9 @@ class NodeMetrics:
         """Batches the core refused, by reason (no-leader, transferring, too-large...)."""
         self.proposals_failed: Counter[str] = Counter()
         """Accepted batches whose outcome was not learned, by reason (timeout)."""
+        self.proposal_gathers: Counter[str] = Counter()
+        """Batches a leader gathered (``raft.proposal_gather_ms``), by how the gather
+        ended: ``returned`` (every client answered last sent again) or ``timeout``."""
         self.failures: Counter[tuple[str, str]] = Counter()
         """Client commands answered with an error by the node, by (route, reason)."""
         self.write_seconds = Histogram(COMMAND_BUCKETS_S)
@@ -157,6 +161,10 @@ class NodeMetrics:
         the leader had appended it: not applied, the clients may retry)."""
         self.proposals_failed[reason] += 1
         self.failures["write", reason] += commands
+
+    def gathered(self, outcome: str) -> None:
+        """A leader ended a gather for its next batch: ``"returned"`` or ``"timeout"``."""
+        self.proposal_gathers[outcome] += 1
 
     def proposal_committed(self, seconds: float | None = None) -> None:
         """One of our batches was applied and its clients answered, ``seconds`` after it

@@ -597,3 +597,14 @@ def test_metered_backend_passes_the_fast_path_through_and_counts_it():
 
     plain = MeteredBackend(SlowNode(), CommandMetrics())
     assert not hasattr(plain, "submit_write") and not hasattr(plain, "submit_read")
+
+
+def test_gathers_are_exported_by_outcome(ops):
+    leader = ops.wait_leader()
+    assert ops.sample(leader, "kvraft_proposal_gathers_total", outcome="returned") is None
+    metrics = ops.nodes[leader].metrics
+    metrics.gathered("returned")
+    metrics.gathered("returned")
+    metrics.gathered("timeout")
+    assert ops.sample(leader, "kvraft_proposal_gathers_total", outcome="returned") == 2
+    assert ops.sample(leader, "kvraft_proposal_gathers_total", outcome="timeout") == 1

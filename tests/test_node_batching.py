@@ -237,3 +237,120 @@ def test_a_stale_read_group_the_machine_fails_on_is_answered_too(make_cluster, a
     leader.submit_reads([[b"GET", b"a"]], False, answers, "stale")  # READONLY: at once
     (error,) = answers.got["stale"]
     assert isinstance(error, BackendError)
+
+
+# -- the gather: a closed loop of clients makes one entry per round -----------------------
+
+gather_s = 0.005  # raft.proposal_gather_ms in these tests
+client_turn_s = 0.0002  # how long client i takes to send again: (i + 1) of these
+
+
+class ClosedLoop:
+    """Clients that each send their next write a little after their last one was
+    answered, like a worker pool or redis-benchmark; ``stop(i)`` makes client i go
+    idle. Each answer is recorded as (client, seconds from its submit to its answer), and
+    each answer that is not OK in ``errors`` (the client then stops)."""
+
+    def __init__(self, cluster, leader, clients: int):
+        self.cluster, self.leader = cluster, leader
+        self.running = set(range(clients))
+        self.latencies: list[tuple[int, float]] = []
+        self.errors: list = []
+        self.sent_s: dict[int, float] = {}
+        self.count = 0
+        for client in range(clients):
+            self.send(client)
+
+    def send(self, client: int) -> None:
+        self.count += 1
+        self.sent_s[client] = self.cluster.reactor.seconds()
+        self.leader.submit_write([b"SET", b"c%d" % client, b"%d" % self.count],
+                                 self.answered, client)
+
+    def answered(self, client: int, result) -> None:
+        if str(result) != "OK":
+            self.errors.append(result)
+            return
+        self.latencies.append((client, self.cluster.reactor.seconds() - self.sent_s[client]))
+        if client in self.running:
+            self.cluster.reactor.callLater(client_turn_s * (client + 1), self.send, client)
+
+    def stop(self, client: int) -> None:
+        self.running.discard(client)
+
+    def run_answers(self, count: int) -> list[tuple[int, float]]:
+        """Advance the clock in small steps until ``count`` more answers came."""
+        start = len(self.latencies)
+        deadline = self.cluster.reactor.seconds() + 5.0
+        while len(self.latencies) < start + count:
+            assert not self.errors, self.errors
+            assert self.cluster.reactor.seconds() < deadline, "the clients stalled"
+            self.cluster.reactor.advance(0.0001)
+        return self.latencies[start:start + count]
+
+
+def test_a_leader_gathers_a_closed_loop_of_clients_into_one_entry_per_round(make_cluster):
+    cluster = make_cluster(proposal_hold_ms=10_000, proposal_gather_ms=gather_s * 1000)
+    leader = _leader(cluster)
+    loop = ClosedLoop(cluster, leader, clients=4)
+    loop.run_answers(8)  # the first rounds show the leader that its clients come back
+    first = leader.core.log.last_index()
+    loop.run_answers(20)
+    sizes = _entry_sizes(leader, first)
+    assert sizes[:4] == [4, 4, 4, 4], sizes  # each round one entry: all four clients
+    assert leader.metrics.proposal_gathers["returned"] >= 4
+    assert leader.metrics.proposal_gathers["timeout"] == 0
+
+
+def test_without_a_gather_a_closed_loop_splits_into_smaller_entries(make_cluster):
+    cluster = make_cluster(proposal_hold_ms=10_000, proposal_gather_ms=0)
+    leader = _leader(cluster)
+    loop = ClosedLoop(cluster, leader, clients=4)
+    loop.run_answers(8)
+    first = leader.core.log.last_index()
+    loop.run_answers(20)
+    # Each write goes out with those that came back while the last entry committed:
+    # the loop splits into cohorts, and 20 writes take more than 5 entries of 4.
+    sizes = _entry_sizes(leader, first)
+    assert len(sizes) >= 7 and sizes.count(4) < 5, sizes
+    assert not leader.metrics.proposal_gathers
+
+
+def test_a_gather_for_clients_that_went_idle_ends_after_proposal_gather_ms_and_stops(
+        make_cluster):
+    cluster = make_cluster(proposal_hold_ms=10_000, proposal_gather_ms=gather_s * 1000)
+    leader = _leader(cluster)
+    loop = ClosedLoop(cluster, leader, clients=4)
+    loop.run_answers(12)
+    loop.stop(2)
+    loop.stop(3)
+    loop.run_answers(4)  # the round in which clients 2 and 3 are answered for the last time
+    # Clients 0 and 1 come back at once; the leader waits for 2 and 3 until the gather
+    # ends, then proposes the two writes it has.
+    waited = loop.run_answers(2)
+    assert leader.metrics.proposal_gathers["timeout"] == 1
+    assert min(latency for _, latency in waited) >= gather_s - client_turn_s * 2, waited
+    # Gathering stopped with the timeout: the next write goes out alone, as soon as its
+    # client is back; then, the two clients being back in time, it gathers again, and
+    # their rounds are answered within a fraction of the gather time.
+    after = leader.core.log.last_index()
+    later = loop.run_answers(6)
+    assert _entry_sizes(leader, after)[:3] == [1, 2, 2]
+    assert max(latency for _, latency in later) < gather_s / 2, later
+    assert leader.metrics.proposal_gathers["timeout"] == 1
+
+
+def test_a_write_after_the_clients_went_quiet_is_proposed_at_once(make_cluster, answers):
+    cluster = make_cluster(proposal_hold_ms=10_000, proposal_gather_ms=gather_s * 1000)
+    leader = _leader(cluster)
+    loop = ClosedLoop(cluster, leader, clients=3)
+    loop.run_answers(9)
+    for client in range(3):
+        loop.stop(client)
+    loop.run_answers(3)
+    cluster.reactor.advance(1.0)  # quiet: none of the answered clients came back
+    before = leader.core.log.last_index()
+    leader.submit_write([b"SET", b"late", b"1"], answers, "late")
+    cluster.reactor.advance(0)
+    assert leader.core.log.last_index() == before + 1  # not held for the quiet clients
+    cluster.run_until(lambda: "late" in answers.got, what="the late write")

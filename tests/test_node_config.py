@@ -26,6 +26,21 @@ def test_defaults():
     assert config.fsync_in_thread is False
     assert config.fsync_aio is True
     assert config.raft.proposal_hold_ms == 10
+    assert config.raft.proposal_gather_ms == 2.0
+
+
+@pytest.mark.parametrize("value", [0, 0.5, 3, 1000])
+def test_proposal_gather_ms_takes_fractions_from_0_to_its_limit(value):
+    assert from_dict(doc(raft={"proposal_gather_ms": value})).raft.proposal_gather_ms == value
+
+
+@pytest.mark.parametrize("value, message", [
+    (-1, "must be from 0 to 1000"), (1000.5, "must be from 0 to 1000"),
+    (float("nan"), "must be from 0 to 1000"), (True, "expected int or float"),
+    ("2", "expected int or float")])
+def test_proposal_gather_ms_outside_its_range_is_refused(value, message):
+    with pytest.raises(ConfigError, match=f"raft.proposal_gather_ms: {message}"):
+        from_dict(doc(raft={"proposal_gather_ms": value}))
 
 
 def test_proposal_hold_may_be_zero_not_negative():

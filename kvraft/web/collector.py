@@ -149,6 +149,10 @@ class NodeCollector:
             _counter("kvraft_proposals_failed_total", "Accepted write batches that were not "
                      "applied, by reason: timeout (outcome unknown), lost (another entry "
                      "was committed in their place).", m.proposals_failed, "reason"),
+            _counter("kvraft_proposal_gathers_total", "Write batches the leader held until "
+                     "the clients it answered last sent again (raft.proposal_gather_ms), "
+                     "by how the gather ended: returned, or timeout.",
+                     m.proposal_gathers, "outcome"),
             _histogram("kvraft_proposal_commands", "Client writes per proposed batch.",
                        m.proposal_commands),
             _histogram("kvraft_fsync_seconds", "Durable write of one Ready (log sync and "
