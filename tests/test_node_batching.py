@@ -320,23 +320,41 @@ def test_a_gather_for_clients_that_went_idle_ends_after_proposal_gather_ms_and_s
         make_cluster):
     cluster = make_cluster(proposal_hold_ms=10_000, proposal_gather_ms=gather_s * 1000)
     leader = _leader(cluster)
-    loop = ClosedLoop(cluster, leader, clients=4)
-    loop.run_answers(12)
-    loop.stop(2)
-    loop.stop(3)
-    loop.run_answers(4)  # the round in which clients 2 and 3 are answered for the last time
-    # Clients 0 and 1 come back at once; the leader waits for 2 and 3 until the gather
-    # ends, then proposes the two writes it has.
+    loop = ClosedLoop(cluster, leader, clients=5)
+    loop.run_answers(15)
+    for client in (2, 3, 4):
+        loop.stop(client)
+    loop.run_answers(5)  # the round in which clients 2, 3 and 4 are answered the last time
+    # Clients 0 and 1 come back at once; the leader waits for 2, 3 and 4 until the
+    # gather ends, then proposes the two writes it has.
     waited = loop.run_answers(2)
     assert leader.metrics.proposal_gathers["timeout"] == 1
     assert min(latency for _, latency in waited) >= gather_s - client_turn_s * 2, waited
-    # Gathering stopped with the timeout: the next write goes out alone, as soon as its
-    # client is back; then, the two clients being back in time, it gathers again, and
-    # their rounds are answered within a fraction of the gather time.
+    # Fewer than half came back: gathering stopped with the timeout. The next write goes
+    # out alone, as soon as its client is back; then, the two clients being back in
+    # time, it gathers again, and their rounds are answered within a fraction of the
+    # gather time.
     after = leader.core.log.last_index()
     later = loop.run_answers(6)
     assert _entry_sizes(leader, after)[:3] == [1, 2, 2]
     assert max(latency for _, latency in later) < gather_s / 2, later
+    assert leader.metrics.proposal_gathers["timeout"] == 1
+
+
+def test_a_gather_that_times_out_with_most_clients_back_goes_on_gathering(make_cluster):
+    cluster = make_cluster(proposal_hold_ms=10_000, proposal_gather_ms=gather_s * 1000)
+    leader = _leader(cluster)
+    loop = ClosedLoop(cluster, leader, clients=4)
+    loop.run_answers(12)
+    loop.stop(3)
+    loop.run_answers(4)
+    loop.run_answers(3)  # held until the gather ended: client 3 never came back
+    assert leader.metrics.proposal_gathers["timeout"] == 1
+    # Three of four came back in time: the leader goes on gathering, and each round of
+    # the three is one entry.
+    after = leader.core.log.last_index()
+    loop.run_answers(9)
+    assert _entry_sizes(leader, after)[:3] == [3, 3, 3]
     assert leader.metrics.proposal_gathers["timeout"] == 1
 
 
