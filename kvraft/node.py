@@ -1181,16 +1181,22 @@ class RaftNodeService(Service):
         self._pending_writes -= len(batch)
         self.metrics.proposal_committed(perf_counter() - batch.started_s)
         dones, tokens, spans = batch.take()
+        if self.proposal_gather_s > 0:
+            self._count_answered(seq, len(tokens))
+        _deliver(dones, tokens, spans, outcomes)
+
+    def _count_answered(self, seq: int, clients: int) -> None:
+        """Our batch ``seq`` answered ``clients``: they are due back (_may_propose). Not
+        kept without a gather, so that the submit calls skip _client_back."""
         now = self.reactor.seconds()
         if now - self._answered_s > self.proposal_gather_s:
             # Those due back from earlier answers did not come in time: forget them.
             self._returns_due = self._probe_due = 0
-        self._returns_due += len(tokens)
+        self._returns_due += clients
         self._due_at_answer = self._returns_due
         self._answered_seq, self._answered_s = seq, now
-        if not self._probe_due and self.proposal_gather_s > 0:
+        if not self._probe_due:
             self._probe_due, self._probe_s = self._returns_due, now
-        _deliver(dones, tokens, spans, outcomes)
 
     # -- linearizable reads ----------------------------------------------------------------
 

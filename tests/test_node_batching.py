@@ -243,6 +243,8 @@ def test_a_stale_read_group_the_machine_fails_on_is_answered_too(make_cluster, a
 
 gather_s = 0.005  # raft.proposal_gather_ms in these tests
 client_turn_s = 0.0002  # how long client i takes to send again: (i + 1) of these
+loop_step_s = 0.0001  # ClosedLoop.run_answers advances the clock by this much at a time
+loop_stall_s = 5.0  # ... and fails if the answers it waits for take this long
 
 
 class ClosedLoop:
@@ -281,11 +283,11 @@ class ClosedLoop:
     def run_answers(self, count: int) -> list[tuple[int, float]]:
         """Advance the clock in small steps until ``count`` more answers came."""
         start = len(self.latencies)
-        deadline = self.cluster.reactor.seconds() + 5.0
+        deadline = self.cluster.reactor.seconds() + loop_stall_s
         while len(self.latencies) < start + count:
             assert not self.errors, self.errors
             assert self.cluster.reactor.seconds() < deadline, "the clients stalled"
-            self.cluster.reactor.advance(0.0001)
+            self.cluster.reactor.advance(loop_step_s)
         return self.latencies[start:start + count]
 
 
