@@ -267,6 +267,8 @@ class MeteredBackend:
             self.submit_writes = self._submit_writes
         if callable(getattr(backend, "submit_reads", None)):
             self.submit_reads = self._submit_reads
+        if callable(getattr(backend, "client_returned", None)):
+            self.client_returned = backend.client_returned
 
     def _submit_write(self, command: list, done, token) -> None:
         """Count, then ``backend.submit_write`` (refusals are counted by the node)."""

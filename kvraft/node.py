@@ -81,6 +81,19 @@ pending_reads_max = 200_000
 read_round_retry_s = 0.2
 """A ReadIndex round unanswered this long (a lost message, a leader change) no longer
 holds back the next round; its reads still wait for their answer or their timeout."""
+gather_spread_share = 1 / 16
+"""The probe (RaftNodeService.client_returned) sees a closed loop when the clients of one
+answer all came back within ``raft.proposal_gather_ms`` and, from the first back to the
+last, at most this share of it apart on average: such clients come back together
+(at -c 50 here 18-61 us apart, p10-p90), while requests that only happen to follow answers
+(an open-loop load on a pool of connections) trickle in at their own rate."""
+gather_probe_clients_min = 4
+"""... and when that answer went to at least this many clients: two requests close
+together tell little, one nothing."""
+gather_keep_share = 0.75
+"""A gather that ends with at least this share of its clients back keeps gathering on
+(a closed loop with stragglers: at -c 50 the leader itself takes a while to read them);
+with fewer, gathering stops until a probe again sees them all come back."""
 
 
 class CoreStorage:
@@ -271,16 +284,22 @@ class RaftNodeService(Service):
         self.proposal_hold_s = settings.proposal_hold_ms / 1000.0
         self.proposal_gather_s = settings.proposal_gather_ms / 1000.0
         # The gather (_may_propose): how many clients our write batches answered have not
-        # sent a request since, and how many had not at the last answer; the seq and time
-        # of the last batch answered; the probe, which counts down the clients due back
-        # when it started and so learns whether they come back within
-        # raft.proposal_gather_ms; and whether the leader gathers.
+        # sent a request since, and how many had not at the last answer; when the first
+        # of those answers was given (a client answered before it is not due); the seq
+        # and time of the last batch answered; the probe (client_returned), which follows
+        # the clients of one answer back; and whether the leader gathers.
+        self.proposal_gather_spread_s = self.proposal_gather_s * gather_spread_share
         self._returns_due = 0
         self._due_at_answer = 0
+        self._due_since_s = 0.0
         self._answered_seq = 0
         self._answered_s = 0.0
+        self._back_first_s = 0.0  # when the first and the last client came back since
+        self._back_last_s = 0.0  # the last answer
         self._probe_due = 0
+        self._probe_clients = 0
         self._probe_s = 0.0
+        self._probe_back_s = 0.0  # when the first of the probe's clients came back
         self._gathering = False
         self._read_deadlines: deque[tuple[float, _Batch]] = deque()
         self._reads_ready: list[tuple[int, int, _Batch]] = []  # heap of (index, seq, batch)
@@ -537,13 +556,14 @@ class RaftNodeService(Service):
             return True  # answered (or failed), and no gather
         elif not self._returns_due:
             self.metrics.gathered("returned")
+            self._gathering = self._came_together(self._due_at_answer)
             return True
         else:
             wait_s = self.proposal_gather_s - (now - self._answered_s)
             if wait_s <= 0:
-                # Most came back (a closed loop with stragglers: the leader took long to
-                # read them all, say): go on gathering. Else they are not coming.
-                self._gathering = self._returns_due * 2 <= self._due_at_answer
+                due = self._due_at_answer
+                back = due - self._returns_due
+                self._gathering = back >= due * gather_keep_share and self._came_together(back)
                 self._returns_due = self._probe_due = 0
                 self.metrics.gathered("timeout")
                 return True
@@ -556,21 +576,38 @@ class RaftNodeService(Service):
             call.reset(wait_s)
         return False
 
+    def _came_together(self, back: int, first_s: float | None = None) -> bool:
+        """Whether ``back`` clients came back together, as a closed loop's do
+        (``gather_spread_share``): from the first, at ``first_s`` (by default the first
+        since the last answer), to the last so far."""
+        if first_s is None:
+            first_s = self._back_first_s
+        return back < 2 or (self._back_last_s - first_s
+                            <= (back - 1) * self.proposal_gather_spread_s)
+
     def _hold_over(self) -> None:
         self._hold_call = None
         self._schedule()
 
-    def _client_back(self) -> None:
-        """A request arrived while clients we answered were due back: count one of them
-        back (whoever sent it: a client we did not answer only makes a gather end
-        sooner). When the probe's count runs out within ``raft.proposal_gather_ms``,
-        gather from now on. (Only a gather's timeout turns gathering off: clients that
-        come back a little late are still a closed loop.)"""
+    def client_returned(self, answered_s: float) -> None:
+        """A client sent a request with none of its own outstanding; ``answered_s`` is
+        when its last answer was written (the client port calls this: it knows its
+        connections, the node does not). If a batch of ours answered it, count it back
+        (_may_propose). The probe turns gathering on when the clients of one answer all
+        came back, soon and together (``gather_spread_share``); only a gather's end
+        turns it off (clients that come back a little late are still a closed loop)."""
+        if not self._returns_due or answered_s < self._due_since_s:
+            return  # answered before the answers that are due, or none due
         self._returns_due -= 1
-        if self._probe_due:
+        now = self._back_last_s = self.reactor.seconds()
+        if not self._back_first_s:
+            self._back_first_s = now
+        if self._probe_due and answered_s >= self._probe_s:
+            if not self._probe_back_s:
+                self._probe_back_s = now
             self._probe_due -= 1
-            if not self._probe_due and (
-                    self.reactor.seconds() - self._probe_s <= self.proposal_gather_s):
+            if not self._probe_due and now - self._probe_s <= self.proposal_gather_s and \
+                    self._came_together(self._probe_clients, self._probe_back_s):
                 self._gathering = True
 
     def _flush_requests(self) -> None:
@@ -600,26 +637,25 @@ class RaftNodeService(Service):
         batch k + 1, and k's clients, answered after, come back during k + 1 and make
         k + 2. Two entries of N/2 cost twice the per-entry work of one of N, and that
         work (an fsync on each node, a message each way per follower, about 600 us of
-        CPU on a follower here) is what bounds throughput on a small machine. So once
-        the clients a batch answered all sent again within ``raft.proposal_gather_ms``
-        of their answer (the probe, _client_back), the leader gathers: it holds the next
-        batch until the last batch is answered, and then until as many requests arrived
-        as it answered clients, or the gather time passed. A gather that times out with
-        fewer than half of them back (the clients went idle, or are not a closed loop)
-        turns gathering off until a probe again sees them come back in time, so
-        open-loop traffic waits at most one gather now and then. With half or more back
-        gathering goes on: at -c 50 the leader itself may take 1-2 ms to read them all.
-        Measured on fresh clusters, alternating with the code before (six pairs,
-        medians): -c 10 p50 2.05 ms against 2.82, p99 4.6 ms against 6.1; -c 50 12.6k
-        writes/s against 9.5k, 43-50 writes per entry against 22.7. Going on after a
-        timeout with most clients back, and only timeouts turning gathering off, then
-        gave -c 50 13.2-15.2k against 12.3-13.5k (three pairs), 49.8 writes per entry,
-        98% of entries gathered. -c 1, -P 16, GET and the 90/10 mix: unchanged. But
-        open-loop traffic pays: with Poisson arrivals of single SETs at 1,500/s the
-        probe often finds as many arrivals as answers within the gather time, and the
-        leader then waits for arrivals: p50 3.6-4.8 ms against 3.1 (/tmp/exp/openloop.py,
-        two pairs). So it is off by default (raft.proposal_gather_ms = 0), for
-        deployments whose clients are a closed loop (worker pools, batch loaders).
+        CPU on a follower here) is what bounds throughput on a small machine. So when
+        the clients a batch answered come back together, the leader gathers: it holds
+        the next batch until the last batch is answered, and then until those clients
+        are back, or ``raft.proposal_gather_ms`` passed. The client port says which
+        requests come from clients just answered (client_returned), so no one else's
+        count. A probe turns gathering on when the clients of one answer (at least
+        ``gather_probe_clients_min``) all came back in time and together
+        (``gather_spread_share``); a gather that ends with fewer than
+        ``gather_keep_share`` of them back, or with them trickling in, turns it off.
+        Requests that only happen to follow answers (an open-loop load on a pool of
+        connections, which reuses the connection answered last) come at their own rate
+        and rarely pass the probe, and then only until the next gather ends.
+        Measured with the default configuration on fresh clusters, alternating with the
+        code before (three pairs): -c 10 p50 1.9-2.2 ms against 2.8-3.7, -c 50
+        12.3-12.8k writes/s against 7.6-10.4k; with Poisson arrivals of single SETs
+        (/tmp/exp/openloop.py, two pairs) p50 3.7-3.9 ms against 3.8-4.0 at 1,500/s
+        (2% of entries gathered) and 4.4-6.9 against 5.1-5.3 at 4,000/s (8-10%). The
+        first gather (counting any request, and a timeout with half back keeping it
+        on) gathered 60-70% of such entries and cost them: p50 3.6-4.8 ms against 3.1.
 
         Reads wait while a ReadIndex round is out (as etcd's read loop does): the next
         round then confirms every read that queued meanwhile. Both keep the cost per
@@ -648,8 +684,6 @@ class RaftNodeService(Service):
         """``write`` without a Deferred, for the client port's hot path: ``done(token,
         result)`` is called exactly once, maybe before this returns, with the command's
         result or a ``BackendError`` instance. ``done`` must not raise."""
-        if self._returns_due:
-            self._client_back()
         if self._pending_writes >= pending_writes_max:
             done(token, OverloadedError(
                 f"too many writes in flight ({pending_writes_max}); retry shortly"))
@@ -668,8 +702,6 @@ class RaftNodeService(Service):
         each other (one entry, unless that would pass ``raft.batch_commands_max`` or
         ``raft.batch_bytes_max``: then the entry is cut before them), so a pipeline
         costs one callback instead of one per command."""
-        if self._returns_due:
-            self._client_back()
         count = len(commands)
         if self._pending_writes + count > pending_writes_max:
             done(token, OverloadedError(
@@ -697,8 +729,6 @@ class RaftNodeService(Service):
     def submit_read(self, command, linearizable: bool, done: Callable[[Any, object], None],
                     token: Any) -> None:
         """``read`` without a Deferred; ``done`` as for ``submit_write``."""
-        if self._returns_due:
-            self._client_back()
         if not linearizable:
             done(token, self.machine.query(command))
             return
@@ -716,8 +746,6 @@ class RaftNodeService(Service):
                      done: Callable[[Any, object], None], token: Any) -> None:
         """Several reads of one client, answered together (``done`` as for
         ``submit_writes``); linearizable ones share a ReadIndex round."""
-        if self._returns_due:
-            self._client_back()
         if not linearizable:
             done(token, self._query_all(commands))
             return
@@ -1187,16 +1215,21 @@ class RaftNodeService(Service):
 
     def _count_answered(self, seq: int, clients: int) -> None:
         """Our batch ``seq`` answered ``clients``: they are due back (_may_propose). Not
-        kept without a gather, so that the submit calls skip _client_back."""
+        kept without a gather, so that client_returned has nothing to do."""
         now = self.reactor.seconds()
-        if now - self._answered_s > self.proposal_gather_s:
+        if not self._returns_due or now - self._answered_s > self.proposal_gather_s:
             # Those due back from earlier answers did not come in time: forget them.
-            self._returns_due = self._probe_due = 0
+            self._returns_due = 0
+            self._due_since_s = now
         self._returns_due += clients
         self._due_at_answer = self._returns_due
         self._answered_seq, self._answered_s = seq, now
-        if not self._probe_due:
-            self._probe_due, self._probe_s = self._returns_due, now
+        self._back_first_s = self._back_last_s = 0.0
+        if self._probe_due and now - self._probe_s > self.proposal_gather_s:
+            self._probe_due = 0  # its clients did not all come back in time
+        if not self._probe_due and clients >= gather_probe_clients_min:
+            self._probe_due = self._probe_clients = clients
+            self._probe_s, self._probe_back_s = now, 0.0
 
     # -- linearizable reads ----------------------------------------------------------------
 

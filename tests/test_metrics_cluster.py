@@ -583,8 +583,13 @@ def test_metered_backend_passes_the_fast_path_through_and_counts_it():
             self.calls.append(("read", command, linearizable))
             done(token, b"r")
 
+        def client_returned(self, answered_s):
+            self.calls.append(("returned", answered_s))
+
     node, commands = FastNode(), CommandMetrics()
     backend = MeteredBackend(node, commands)
+    backend.client_returned(1.5)
+    assert node.calls.pop() == ("returned", 1.5)
     answers = []
     backend.submit_write([b"SET", b"k", b"v"], lambda token, r: answers.append((token, r)), 1)
     backend.submit_read([b"GET", b"k"], False, lambda token, r: answers.append((token, r)), 2)
@@ -597,6 +602,7 @@ def test_metered_backend_passes_the_fast_path_through_and_counts_it():
 
     plain = MeteredBackend(SlowNode(), CommandMetrics())
     assert not hasattr(plain, "submit_write") and not hasattr(plain, "submit_read")
+    assert not hasattr(plain, "client_returned")
 
 
 def test_gathers_are_exported_by_outcome(ops):

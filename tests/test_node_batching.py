@@ -6,6 +6,7 @@ import pytest
 from test_node_support import NodeCluster
 
 from kvraft.client.errors import BackendError, NoLeaderError
+from kvraft.node import gather_spread_share
 from kvraft.raft import Role
 
 
@@ -242,6 +243,7 @@ def test_a_stale_read_group_the_machine_fails_on_is_answered_too(make_cluster, a
 # -- the gather: a closed loop of clients makes one entry per round -----------------------
 
 gather_s = 0.005  # raft.proposal_gather_ms in these tests
+spread_s = gather_s * gather_spread_share  # ... probed clients come back this far apart
 client_turn_s = 0.0002  # how long client i takes to send again: (i + 1) of these
 loop_step_s = 0.0001  # ClosedLoop.run_answers advances the clock by this much at a time
 loop_stall_s = 5.0  # ... and fails if the answers it waits for take this long
@@ -253,18 +255,22 @@ class ClosedLoop:
     idle. Each answer is recorded as (client, seconds from its submit to its answer), and
     each answer that is not OK in ``errors`` (the client then stops)."""
 
-    def __init__(self, cluster, leader, clients: int):
+    def __init__(self, cluster, leader, clients: int, turn_s: float = client_turn_s):
         self.cluster, self.leader = cluster, leader
+        self.turn_s = turn_s
         self.running = set(range(clients))
         self.latencies: list[tuple[int, float]] = []
         self.errors: list = []
         self.sent_s: dict[int, float] = {}
+        self.answered_s: dict[int, float] = {}
         self.count = 0
         for client in range(clients):
             self.send(client)
 
     def send(self, client: int) -> None:
         self.count += 1
+        if client in self.answered_s:  # as the client port tells the node
+            self.leader.client_returned(self.answered_s.pop(client))
         self.sent_s[client] = self.cluster.reactor.seconds()
         self.leader.submit_write([b"SET", b"c%d" % client, b"%d" % self.count],
                                  self.answered, client)
@@ -273,9 +279,10 @@ class ClosedLoop:
         if str(result) != "OK":
             self.errors.append(result)
             return
-        self.latencies.append((client, self.cluster.reactor.seconds() - self.sent_s[client]))
+        now = self.answered_s[client] = self.cluster.reactor.seconds()
+        self.latencies.append((client, now - self.sent_s[client]))
         if client in self.running:
-            self.cluster.reactor.callLater(client_turn_s * (client + 1), self.send, client)
+            self.cluster.reactor.callLater(self.turn_s * (client + 1), self.send, client)
 
     def stop(self, client: int) -> None:
         self.running.discard(client)
@@ -322,23 +329,24 @@ def test_a_gather_for_clients_that_went_idle_ends_after_proposal_gather_ms_and_s
         make_cluster):
     cluster = make_cluster(proposal_hold_ms=10_000, proposal_gather_ms=gather_s * 1000)
     leader = _leader(cluster)
-    loop = ClosedLoop(cluster, leader, clients=5)
-    loop.run_answers(15)
-    for client in (2, 3, 4):
+    loop = ClosedLoop(cluster, leader, clients=8)
+    loop.run_answers(24)
+    for client in (4, 5, 6, 7):
         loop.stop(client)
-    loop.run_answers(5)  # the round in which clients 2, 3 and 4 are answered the last time
-    # Clients 0 and 1 come back at once; the leader waits for 2, 3 and 4 until the
-    # gather ends, then proposes the two writes it has.
-    waited = loop.run_answers(2)
+    loop.run_answers(8)  # the round in which clients 4 to 7 are answered the last time
+    # Clients 0 to 3 come back at once; the leader waits for 4 to 7 until the gather
+    # ends, then proposes the four writes it has.
+    waited = loop.run_answers(4)
     assert leader.metrics.proposal_gathers["timeout"] == 1
-    assert min(latency for _, latency in waited) >= gather_s - client_turn_s * 2, waited
-    # Fewer than half came back: gathering stopped with the timeout. The next write goes
-    # out alone, as soon as its client is back; then, the two clients being back in
-    # time, it gathers again, and their rounds are answered within a fraction of the
-    # gather time.
+    assert min(latency for _, latency in waited) >= gather_s - client_turn_s * 4, waited
+    # Fewer than gather_keep_share came back: gathering stopped with the timeout. The
+    # next write goes out alone, as soon as its client is back; then, once an answer
+    # to the four saw them come back together, it gathers again, and their rounds are
+    # answered within a fraction of the gather time.
     after = leader.core.log.last_index()
-    later = loop.run_answers(6)
-    assert _entry_sizes(leader, after)[:3] == [1, 2, 2]
+    later = loop.run_answers(16)
+    sizes = _entry_sizes(leader, after)
+    assert sizes[0] == 1 and sizes[-3:] == [4, 4, 4], sizes
     assert max(latency for _, latency in later) < gather_s / 2, later
     assert leader.metrics.proposal_gathers["timeout"] == 1
 
@@ -358,6 +366,50 @@ def test_a_gather_that_times_out_with_most_clients_back_goes_on_gathering(make_c
     loop.run_answers(9)
     assert _entry_sizes(leader, after)[:3] == [3, 3, 3]
     assert leader.metrics.proposal_gathers["timeout"] == 1
+
+
+def test_a_request_that_does_not_follow_its_answer_does_not_end_a_gather(
+        make_cluster, answers):
+    cluster = make_cluster(proposal_hold_ms=10_000, proposal_gather_ms=gather_s * 1000)
+    leader = _leader(cluster)
+    loop = ClosedLoop(cluster, leader, clients=4)
+    loop.run_answers(12)
+    loop.stop(3)
+    loop.run_answers(4)  # the round in which client 3 is answered the last time
+    # Instead of client 3, a client answered long ago writes: not one of those due.
+    leader.client_returned(0.0)
+    leader.submit_write([b"SET", b"other", b"1"], answers, "other")
+    loop.run_answers(3)
+    assert leader.metrics.proposal_gathers["timeout"] == 1
+    assert leader.metrics.proposal_gathers["returned"] >= 2
+
+
+def test_clients_that_trickle_back_one_by_one_are_not_gathered(make_cluster):
+    # Each client comes back within the gather time, but the clients of an answer come
+    # back further apart than a closed loop's: what requests that only happen to follow
+    # answers look like (an open-loop load on a pool of connections).
+    cluster = make_cluster(proposal_hold_ms=10_000, proposal_gather_ms=gather_s * 1000)
+    leader = _leader(cluster)
+    loop = ClosedLoop(cluster, leader, clients=5, turn_s=spread_s * 2)
+    assert loop.turn_s * 5 < gather_s
+    loop.run_answers(60)
+    assert not leader.metrics.proposal_gathers
+
+
+def test_gathering_stops_when_the_clients_start_to_trickle_back(make_cluster):
+    cluster = make_cluster(proposal_hold_ms=10_000, proposal_gather_ms=gather_s * 1000)
+    leader = _leader(cluster)
+    loop = ClosedLoop(cluster, leader, clients=4)
+    loop.run_answers(12)
+    assert leader.metrics.proposal_gathers["returned"] >= 1  # gathering
+    # From their next answer on, the clients still come back within the gather time,
+    # but one by one: the gather for the round already on its way, and the one that
+    # sees them trickle back, are the last of ten rounds.
+    loop.turn_s = spread_s * 2
+    assert loop.turn_s * 4 < gather_s
+    gathers = sum(leader.metrics.proposal_gathers.values())
+    loop.run_answers(40)
+    assert sum(leader.metrics.proposal_gathers.values()) <= gathers + 2
 
 
 def test_a_write_after_the_clients_went_quiet_is_proposed_at_once(make_cluster, answers):

@@ -44,7 +44,10 @@ class IClientBackend(Interface):
     linearizable, done, token)`` take a pipeline's commands (in order, each a list of
     bytes) and call ``done(token, results)`` once, with a list of the results in order or
     one ``BackendError`` for all. A connection uses the grouped pair only if all four
-    are there.
+    are there. ``client_returned(answered_s)``: a connection with no request
+    outstanding got its next one, and ``answered_s`` is when its last replies were
+    written (reactor seconds); called before that request is submitted (the node
+    gathers returning clients into one entry: ``raft.proposal_gather_ms``).
     """
 
     node_id = Attribute("This node's id (str), shown by INFO and HELLO.")

@@ -125,6 +125,7 @@ class ClientProtocol(Protocol):
         self.created_s = self._seconds()
         self.active_s = self.created_s
         """When the client last sent something or was last answered."""
+        self._answered_s = 0.0  # when replies were last written, until the next request
         self._bursts: deque[_Burst] = deque()
         self._unwritten = 0  # requests parsed and not yet written back
         self._unwritten_bytes = 0
@@ -152,6 +153,8 @@ class ClientProtocol(Protocol):
         self._submit_writes = getattr(backend, "submit_writes", None)
         self._grouping = (self._submit_reads is not None and self._submit_writes is not None
                           and self._submit_read is not None and self._submit_write is not None)
+        # ... and client_returned: told when a client answered sends its next request.
+        self._client_returned = getattr(backend, "client_returned", None)
         self._group: _Group | None = None  # collecting while _run dispatches a burst
 
     # -- connection events ---------------------------------------------------------------
@@ -176,6 +179,10 @@ class ClientProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._answered_s:
+            if not self._bursts and self._client_returned is not None:
+                self._client_returned(self._answered_s)  # nothing outstanding: it is back
+            self._answered_s = 0.0
         self.active_s = self._seconds()
         if not self._identified:
             self._identify()
@@ -378,7 +385,7 @@ class ClientProtocol(Protocol):
                     break
         if parts:
             data = parts[0] if len(parts) == 1 else b"".join(parts)
-            self.active_s = self._seconds()
+            self.active_s = self._answered_s = self._seconds()
             self._write(data)
             if self._output_paused:
                 self._paused_output_bytes += len(data)

@@ -278,3 +278,34 @@ def test_readonly_in_a_pipeline_splits_the_reads_by_consistency():
     assert seen == [(2, True), (3, False)]
     backend.answer_all()
     assert transport.value() == b"$-1\r\n" * 2 + b"+OK\r\n" + b"$-1\r\n" * 3
+
+
+def test_a_client_that_sends_again_after_its_answer_is_reported_back_with_its_answer_time():
+    backend = SubmitBackend()
+    backend.returned = []
+    backend.client_returned = backend.returned.append
+    factory = make_factory(backend)
+    protocol, transport = connect(factory)
+    protocol.dataReceived(cmd(b"SET", b"k", b"v"))
+    assert backend.returned == []  # never answered: not coming back
+    factory.clock.advance(1.5)
+    backend.answer_all()  # the reply is written at 1.5
+    factory.clock.advance(2.0)
+    protocol.dataReceived(cmd(b"GET", b"k"))
+    assert backend.returned == [1.5]  # back, answered at 1.5 (not 3.5, its arrival)
+    # A request sent while another is outstanding is not a return, even when an
+    # earlier one was just answered; nor is the second part of a request that came in
+    # two reads.
+    protocol.dataReceived(cmd(b"GET", b"k"))
+    first, *rest = backend.queue
+    backend.queue = rest
+    first[2](first[3], b"v")  # the first GET is answered at 3.5, the second is not
+    protocol.dataReceived(cmd(b"GET", b"k"))
+    assert backend.returned == [1.5]
+    backend.answer_all()
+    factory.clock.advance(1.0)
+    request = cmd(b"SET", b"k", b"w")
+    protocol.dataReceived(request[:5])
+    protocol.dataReceived(request[5:])
+    assert backend.returned == [1.5, 3.5]
+    assert transport.value() == b"+OK\r\n" + b"$1\r\nv\r\n" * 3
