@@ -169,6 +169,11 @@ def run_parser() -> argparse.ArgumentParser:
                        help="do not SET every key before a reading workload")
     group.add_argument("--spread", action="store_true",
                        help="built-in: spread the clients over every node")
+    group.add_argument("--rate", type=float, default=0.0,
+                       help="built-in: an open loop instead: requests arrive at random "
+                       "(Poisson) times, this many per second in all, each on the idle "
+                       "connection answered last (a pool of --clients), timed from its "
+                       "arrival, so waiting for a connection counts; 0: a closed loop")
     add_cluster_options(parser)
     add_output_options(parser, "bench")
     return parser
@@ -183,7 +188,7 @@ def run_main(argv: list[str]) -> int:
                       pipeline=args.pipeline, requests=requests, duration_s=args.duration,
                       value_bytes=args.value_bytes, keyspace=args.keyspace,
                       read_ratio=args.read_ratio, procs=args.procs, fill=not args.no_fill,
-                      spread=args.spread)
+                      spread=args.spread, rate=args.rate)
     try:
         opts.check()
     except ValueError as e:
@@ -244,9 +249,12 @@ def summary(result: dict) -> str:
     """A few lines for people."""
     opts = result["options"]
     lat = result["latency_ms"]
+    rate = opts.get("rate", 0.0)
+    loop = (f"open loop {rate:,.0f}/s ({result.get('waited', 0):,} waited for a "
+            "connection)" if rate else f"pipeline {opts['pipeline']}")
     lines = [
         f"workload {result['workload']}  driver {result['driver']}  clients "
-        f"{opts['clients']}  pipeline {opts['pipeline']}  value {opts['value_bytes']} B  "
+        f"{opts['clients']}  {loop}  value {opts['value_bytes']} B  "
         f"keys {opts['keyspace']:,}",
         f"throughput {result['throughput_ops']:>12,.0f} ops/s   ({result['requests_ok']:,} ok, "
         f"{result['errors']:,} errors, {result['timeouts']:,} unanswered, "

@@ -4,9 +4,17 @@ Used for what redis-benchmark cannot do (READONLY reads, a read/write mix, filli
 key space with every key once) and as a check on it. Each worker process drives its
 connections with plain blocking sockets and one ``selectors`` loop: a connection sends
 ``pipeline`` requests at once and sends the next batch when all their replies arrived,
-as redis-benchmark does. Every reply of a batch is timed from the moment the batch was
-sent to the moment the reply was read. Latencies go into a log-linear histogram per
-process and per second (``kvraft.bench.histogram``); the parent merges them.
+as redis-benchmark does (a closed loop). Every reply of a batch is timed from the moment
+the batch was sent to the moment the reply was read. Latencies go into a log-linear
+histogram per process and per second (``kvraft.bench.histogram``); the parent merges
+them.
+
+With a ``rate`` the load is an open loop instead, as most applications are to a database:
+requests arrive at random (Poisson) times at that rate whatever the answers do, each
+takes the idle connection answered last (as a client's connection pool does), and
+waits for one when none is idle. Latency is counted from when the request arrived, not
+from when it was sent, so time queued for a connection counts (the coordinated omission
+a closed loop hides).
 
 Keys are ``key:%012d`` like redis-benchmark's ``-r``, so the two drivers share data;
 values are ``value_bytes`` of ``x``.
@@ -20,6 +28,7 @@ import random
 import selectors
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -30,6 +39,8 @@ drain_timeout_s = 10.0
 """After the end of a run, how long outstanding replies are awaited (then: errors)."""
 connect_timeout_s = 5.0
 recv_bytes_max = 256 * 1024
+select_timeout_s = 0.05
+"""The longest a worker waits for replies before it looks at the clock again."""
 
 
 @dataclass
@@ -49,6 +60,7 @@ class LoadSpec:
     procs: int = 1
     seed: int = 1
     targets: list[tuple[str, int]] = field(default_factory=list)  # spread clients over these
+    rate: float = 0.0  # open loop: requests per second in all (Poisson); 0: closed loop
 
     def check(self) -> None:
         """Raise ValueError naming the bad field."""
@@ -64,6 +76,12 @@ class LoadSpec:
             raise ValueError("give a number of requests or a duration")
         if not 0.0 <= self.read_ratio <= 1.0:
             raise ValueError("read_ratio must be between 0 and 1")
+        if not self.rate >= 0.0:  # NaN too
+            raise ValueError("rate must be 0 (a closed loop) or a number of requests per "
+                             "second")
+        if self.rate and (self.pipeline != 1 or self.workload == "fill"):
+            raise ValueError("an open loop (rate) sends one request per arrival: use "
+                             "pipeline 1, and not with fill")
 
 
 @dataclass
@@ -77,6 +95,7 @@ class LoadResult:
     elapsed_s: float
     timeline: list[dict]  # one entry per second: t, ops, errors, p50/p99 ms
     error_samples: list[str]
+    waited: int = 0  # open loop: arrivals that found no idle connection and queued
 
     @property
     def throughput(self) -> float:
@@ -197,6 +216,68 @@ def _connect(host: str, port: int, readonly: bool) -> socket.socket:
     return sock
 
 
+class _Tally:
+    """One worker's figures: a latency histogram, one per second, counts, error texts."""
+
+    def __init__(self, start_ns: int):
+        self.start_ns = start_ns
+        self.hist = Histogram()
+        self.per_second: dict[int, list] = {}  # second -> [ops, errors, Histogram]
+        self.ok = self.errors = self.timeouts = self.waited = 0
+        self.error_samples: list[str] = []
+
+    def replies(self, c: _Conn, now: int) -> int:
+        """Count the complete replies in what ``c`` has read, timed from ``c.sent_ns``;
+        how many there were."""
+        replies, errs, end, first_error = scan_replies(c.buf)
+        c.buf = c.buf[end:]
+        if not replies:
+            return 0
+        good = replies - errs
+        latency_us = (now - c.sent_ns) // 1000
+        second = (now - self.start_ns) // 1_000_000_000
+        slot = self.per_second.get(second)
+        if slot is None:
+            slot = self.per_second[second] = [0, 0, Histogram()]
+        if good:
+            self.hist.record(latency_us, good)
+            slot[2].record(latency_us, good)
+        slot[0] += good
+        slot[1] += errs
+        self.ok += good
+        self.errors += errs
+        if first_error is not None and len(self.error_samples) < 5:
+            self.error_samples.append(first_error.decode("utf-8", "replace"))
+        c.outstanding = max(c.outstanding - replies, 0)
+        return replies
+
+    def read(self, c: _Conn, sel: selectors.BaseSelector) -> bool:
+        """Read what ``c`` has into ``c.buf``; False (``c`` closed and counted) when
+        the connection ended."""
+        try:
+            data = c.sock.recv(recv_bytes_max)
+        except OSError as e:
+            data = b""
+            self.error_samples.append(f"connection error: {e}")
+        if data:
+            c.buf = c.buf + data if c.buf else data
+            return True
+        self.errors += c.outstanding
+        c.outstanding = 0
+        sel.unregister(c.sock)
+        c.sock.close()
+        if len(self.error_samples) < 5:
+            self.error_samples.append("the server closed a connection")
+        return False
+
+    def to_dict(self, elapsed_s: float) -> dict:
+        return {"histogram": self.hist.to_dict(), "ok": self.ok, "errors": self.errors,
+                "timeouts": self.timeouts, "waited": self.waited, "elapsed_s": elapsed_s,
+                "error_samples": self.error_samples,
+                "per_second": {s: [v[0], v[1], v[2].to_dict()]
+                               for s, v in self.per_second.items()}}
+
+
 def _worker(spec_dict: dict, wid: int, nconns: int, first_conn: int, counter, out) -> None:
     spec = LoadSpec(**spec_dict)
     targets = spec.targets or [(spec.host, spec.port)]
@@ -218,13 +299,28 @@ def _worker(spec_dict: dict, wid: int, nconns: int, first_conn: int, counter, ou
         conn = _Conn(_connect(host, port, spec.workload == "get-readonly"), maker, quota)
         conns.append(conn)
         sel.register(conn.sock, selectors.EVENT_READ, conn)
-    hist = Histogram()
-    per_second: dict[int, list] = {}  # second -> [ops, errors, Histogram]
-    ok = errors = timeouts = 0
-    error_samples: list[str] = []
     start_ns = time.perf_counter_ns()
     deadline_ns = start_ns + int(spec.duration_s * 1e9) if not spec.requests and \
         spec.workload != "fill" else 0
+    tally = _Tally(start_ns)
+    if spec.rate:
+        _open_loop(spec, wid, conns, sel, tally, deadline_ns, counter)
+    else:
+        _closed_loop(spec, wid, conns, sel, tally, deadline_ns, counter)
+    elapsed_s = (time.perf_counter_ns() - start_ns) / 1e9
+    counter[wid] = tally.ok + tally.errors
+    for c in conns:
+        try:
+            c.sock.close()
+        except OSError:
+            pass
+    out.send(tally.to_dict(elapsed_s))
+    out.close()
+
+
+def _closed_loop(spec: LoadSpec, wid: int, conns: list[_Conn], sel, tally: _Tally,
+                 deadline_ns: int, counter) -> None:
+    """Each connection sends ``pipeline`` requests, and again when all are answered."""
     pipeline = spec.pipeline
 
     def send(c: _Conn) -> None:
@@ -249,72 +345,88 @@ def _worker(spec_dict: dict, wid: int, nconns: int, first_conn: int, counter, ou
     for c in conns:
         send(c)
     active = sum(1 for c in conns if c.outstanding)
-    last_publish = start_ns
+    last_publish = tally.start_ns
     drain_until = 0
     while active:
-        events = sel.select(timeout=0.05)
+        events = sel.select(timeout=select_timeout_s)
         now = time.perf_counter_ns()
         if now - last_publish > 200_000_000:
-            counter[wid] = ok + errors
+            counter[wid] = tally.ok + tally.errors
             last_publish = now
         if deadline_ns and now >= deadline_ns and not drain_until:
             drain_until = now + int(drain_timeout_s * 1e9)
         if drain_until and now >= drain_until:
-            timeouts = sum(c.outstanding for c in conns)
+            tally.timeouts = sum(c.outstanding for c in conns)
             break
         for key, _ in events:
             c = key.data
-            try:
-                data = c.sock.recv(recv_bytes_max)
-            except OSError as e:
-                data = b""
-                error_samples.append(f"connection error: {e}")
-            if not data:
-                errors += c.outstanding
-                c.outstanding = 0
-                sel.unregister(c.sock)
-                c.sock.close()
+            if not tally.read(c, sel):
                 active -= 1
-                if len(error_samples) < 5:
-                    error_samples.append("the server closed a connection")
                 continue
-            buf = c.buf + data if c.buf else data
-            replies, errs, end, first_error = scan_replies(buf)
-            c.buf = buf[end:]
-            if not replies:
-                continue
-            latency_us = (now - c.sent_ns) // 1000
-            if replies > errs:
-                hist.record(latency_us, replies - errs)
-            second = (now - start_ns) // 1_000_000_000
-            slot = per_second.get(second)
-            if slot is None:
-                slot = per_second[second] = [0, 0, Histogram()]
-            slot[0] += replies - errs
-            slot[1] += errs
-            if replies > errs:
-                slot[2].record(latency_us, replies - errs)
-            ok += replies - errs
-            errors += errs
-            if first_error is not None and len(error_samples) < 5:
-                error_samples.append(first_error.decode("utf-8", "replace"))
-            c.outstanding -= replies
-            if c.outstanding <= 0:
-                c.outstanding = 0
+            if tally.replies(c, now) and not c.outstanding:
                 send(c)
                 if not c.outstanding:
                     active -= 1
-    elapsed_s = (time.perf_counter_ns() - start_ns) / 1e9
-    counter[wid] = ok + errors
-    for c in conns:
-        try:
-            c.sock.close()
-        except OSError:
-            pass
-    out.send({"histogram": hist.to_dict(), "ok": ok, "errors": errors, "timeouts": timeouts,
-              "elapsed_s": elapsed_s, "error_samples": error_samples,
-              "per_second": {s: [v[0], v[1], v[2].to_dict()] for s, v in per_second.items()}})
-    out.close()
+
+
+def _open_loop(spec: LoadSpec, wid: int, conns: list[_Conn], sel, tally: _Tally,
+               deadline_ns: int, counter) -> None:
+    """Requests arrive at Poisson times (this worker's share of ``spec.rate``), each on
+    the idle connection answered last, or queued until one is idle; each is timed from
+    its arrival."""
+    gap_s = random.Random(spec.seed * 7919 + wid).expovariate
+    rate = spec.rate * len(conns) / spec.clients
+    quota = sum(c.quota for c in conns) if spec.requests else -1
+    idle = list(conns)
+    queued: deque[int] = deque()  # arrival times of requests waiting for a connection
+
+    def send(c: _Conn, arrived_ns: int) -> None:
+        c.outstanding = 1
+        c.sent_ns = arrived_ns
+        c.sock.sendall(c.maker.next())
+
+    next_ns = tally.start_ns + int(gap_s(rate) * 1e9)
+    arriving = True
+    last_publish = tally.start_ns
+    drain_until = 0
+    while True:
+        now = time.perf_counter_ns()
+        while arriving and next_ns <= now:
+            if idle:
+                send(idle.pop(), next_ns)
+            else:
+                queued.append(next_ns)
+                tally.waited += 1
+            quota -= 1
+            next_ns += int(gap_s(rate) * 1e9)
+            arriving = quota != 0 and not (deadline_ns and next_ns >= deadline_ns)
+        busy = len(conns) - len(idle)
+        if not arriving and not queued and not busy:
+            break
+        if not arriving and not drain_until:
+            drain_until = now + int(drain_timeout_s * 1e9)
+        if drain_until and now >= drain_until:
+            tally.timeouts = busy + len(queued)
+            break
+        if now - last_publish > 200_000_000:
+            counter[wid] = tally.ok + tally.errors
+            last_publish = now
+        wait_s = (next_ns - now) / 1e9 if arriving else select_timeout_s
+        for key, _ in sel.select(timeout=min(max(wait_s, 0.0), select_timeout_s)):
+            c = key.data
+            if not tally.read(c, sel):
+                conns.remove(c)
+                if c in idle:
+                    idle.remove(c)
+                continue
+            if tally.replies(c, time.perf_counter_ns()) and not c.outstanding:
+                if queued:
+                    send(c, queued.popleft())
+                else:
+                    idle.append(c)
+        if not conns:
+            tally.errors += len(queued)
+            break
 
 
 # -- the coordinator --------------------------------------------------------------------------
@@ -364,7 +476,7 @@ def run(spec: LoadSpec, on_tick: Callable[[float, int], None] | None = None) -> 
 
 def _merge(results: list[dict]) -> LoadResult:
     hist = Histogram()
-    ok = errors = timeouts = 0
+    ok = errors = timeouts = waited = 0
     elapsed = 0.0
     samples: list[str] = []
     seconds: dict[int, list] = {}
@@ -373,6 +485,7 @@ def _merge(results: list[dict]) -> LoadResult:
         ok += r["ok"]
         errors += r["errors"]
         timeouts += r["timeouts"]
+        waited += r["waited"]
         elapsed = max(elapsed, r["elapsed_s"])
         samples.extend(r["error_samples"])
         for second, (n, errs, h) in r["per_second"].items():
@@ -386,4 +499,4 @@ def _merge(results: list[dict]) -> LoadResult:
         timeline.append({"t": second + 1, "ops": n, "errors": errs,
                          "p50_ms": h.percentile(50) / 1000.0,
                          "p99_ms": h.percentile(99) / 1000.0})
-    return LoadResult(hist, ok, errors, timeouts, elapsed, timeline, samples[:5])
+    return LoadResult(hist, ok, errors, timeouts, elapsed, timeline, samples[:5], waited)

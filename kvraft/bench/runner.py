@@ -41,6 +41,7 @@ class RunOptions:
     procs: int = 0  # built-in generator processes; 0: one per 64 clients, up to the CPUs
     fill: bool = True  # SET every key first when the workload reads
     spread: bool = False  # built-in: connect to every node, not only the leader
+    rate: float = 0.0  # built-in: an open loop of this many requests per second
 
     def check(self) -> None:
         """Raise ValueError naming the bad option."""
@@ -55,6 +56,13 @@ class RunOptions:
             raise ValueError(f"redis-benchmark cannot run {self.workload!r}"
                              f"{' spread over nodes' if self.spread else ''}; use "
                              "--driver builtin")
+        if self.driver == "redis-benchmark" and self.rate:
+            raise ValueError("redis-benchmark is a closed loop: use --driver builtin for "
+                             "--rate")
+        if not self.rate >= 0.0:  # NaN too
+            raise ValueError("--rate must be 0 (a closed loop) or requests per second")
+        if self.rate and self.pipeline != 1:
+            raise ValueError("--rate sends one request per arrival: drop --pipeline")
         if self.driver == "redis-benchmark" and not self.requests:
             raise ValueError("redis-benchmark needs --requests (it has no duration)")
         if not self.requests and self.duration_s <= 0:
@@ -62,11 +70,12 @@ class RunOptions:
 
     def chosen_driver(self) -> str:
         """The driver ``auto`` resolves to: redis-benchmark (C, cheap on the CPU) for
-        set and get to one node by request count, the built-in generator otherwise."""
+        set and get to one node by request count in a closed loop, the built-in
+        generator otherwise."""
         if self.driver != "auto":
             return self.driver
         if (self.workload in rbench.test_names and not self.spread and self.requests
-                and rbench.available()):
+                and not self.rate and rbench.available()):
             return "redis-benchmark"
         return "builtin"
 
@@ -114,7 +123,7 @@ def run(target: Target, opts: RunOptions,
     if driver == "redis-benchmark":
         rb = rbench.run(target.host, target.port, opts.workload, opts.clients, opts.pipeline,
                         opts.requests, opts.value_bytes, opts.keyspace, on_tick)
-        hist, ok, errors, timeouts = rb.histogram, rb.requests, 0, 0
+        hist, ok, errors, timeouts, waited = rb.histogram, rb.requests, 0, 0, 0
         elapsed = rb.elapsed_s or (time.monotonic() - started)
         throughput = rb.throughput
         timeline = rb.timeline
@@ -124,6 +133,7 @@ def run(target: Target, opts: RunOptions,
         spec = _load_spec(target, opts)
         lr = loadgen.run(spec, on_tick)
         hist, ok, errors, timeouts = lr.histogram, lr.ok, lr.errors, lr.timeouts
+        waited = lr.waited
         elapsed, throughput, timeline = lr.elapsed_s, lr.throughput, lr.timeline
         command = ["builtin"] + [f"{k}={v}" for k, v in asdict(spec).items()
                                  if k not in ("targets", "host", "port")]
@@ -138,7 +148,7 @@ def run(target: Target, opts: RunOptions,
         "workload": opts.workload, "driver": driver, "command": command,
         "options": asdict(opts), "target": f"{target.host}:{target.port}",
         "leader": target.leader,
-        "requests_ok": ok, "errors": errors, "timeouts": timeouts,
+        "requests_ok": ok, "errors": errors, "timeouts": timeouts, "waited": waited,
         "error_samples": error_samples,
         "elapsed_s": round(elapsed, 3), "throughput_ops": round(throughput, 1),
         "latency_ms": hist.summary_ms(), "histogram": hist.to_dict(),
@@ -194,7 +204,7 @@ def _load_spec(target: Target, opts: RunOptions) -> loadgen.LoadSpec:
         pipeline=opts.pipeline, value_bytes=opts.value_bytes, keyspace=opts.keyspace,
         read_ratio=opts.read_ratio, requests=opts.requests,
         duration_s=opts.duration_s, procs=min(procs, opts.clients),
-        targets=list(target.others) if opts.spread else [])
+        targets=list(target.others) if opts.spread else [], rate=opts.rate)
 
 
 def histogram_of(result: dict) -> Histogram:

@@ -359,3 +359,68 @@ def test_error_replies_are_counted_and_sampled():
     server.close()
     assert result.errors == 20 and result.ok == 0
     assert result.error_samples and "ERR nope" in result.error_samples[0]
+
+
+def test_an_open_loop_sends_at_its_arrival_times_not_as_fast_as_answers_come(tiny):
+    spec = loadgen.LoadSpec("127.0.0.1", tiny.port, workload="set", clients=4, keyspace=50,
+                            requests=200, procs=2, rate=1000.0)
+    result = loadgen.run(spec)
+    assert result.ok == 200 and result.errors == 0 and result.timeouts == 0
+    assert result.histogram.count == 200
+    # Each worker's last request arrives at the sum of its Poisson gaps (seeded): the
+    # run cannot end before the later of the two, however fast the server answers.
+    last_arrival_s = 0.0
+    for wid in range(2):
+        gap = random.Random(spec.seed * 7919 + wid).expovariate
+        last_arrival_s = max(last_arrival_s,
+                             sum(int(gap(spec.rate / 2) * 1e9) for _ in range(100)) / 1e9)
+    assert result.elapsed_s >= last_arrival_s > 0.05
+
+
+def test_an_open_loop_counts_the_time_a_request_waits_for_a_connection():
+    delay_s = 0.03
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+
+    def serve():  # one request at a time, each answered after delay_s
+        conn, _ = server.accept()
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                for _ in range(data.count(b"*3\r\n")):
+                    threading.Event().wait(delay_s)
+                    conn.sendall(b"+OK\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    # Five requests arrive within a few ms on one connection: all but the first wait
+    # for it, and their latency counts the wait, as an application would see it.
+    spec = loadgen.LoadSpec("127.0.0.1", server.getsockname()[1], workload="set",
+                            clients=1, requests=5, rate=2000.0)
+    result = loadgen.run(spec)
+    server.close()
+    assert result.ok == 5 and result.waited >= 3
+    assert result.histogram.percentile(100) >= 4 * delay_s * 1e6 * 0.9
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"rate": -1.0}, "rate must be 0"),
+    ({"rate": float("nan")}, "rate must be 0"),
+    ({"rate": 100.0, "pipeline": 4}, "one request per arrival"),
+])
+def test_an_open_loop_spec_is_checked(changes, message):
+    spec = loadgen.LoadSpec("127.0.0.1", 1, requests=10, **changes)
+    with pytest.raises(ValueError, match=message):
+        spec.check()
+
+
+def test_an_open_loop_runs_on_the_built_in_generator():
+    opts = runner.RunOptions(workload="set", requests=1000, rate=500.0)
+    opts.check()
+    assert opts.chosen_driver() == "builtin"
+    with pytest.raises(ValueError, match="closed loop"):
+        runner.RunOptions(driver="redis-benchmark", rate=500.0).check()
+    with pytest.raises(ValueError, match="drop --pipeline"):
+        runner.RunOptions(driver="builtin", rate=500.0, pipeline=16).check()
