@@ -341,7 +341,9 @@ def test_a_counted_run_answers_every_request(tiny, workload):
     assert result.throughput > 0
 
 
-def test_error_replies_are_counted_and_sampled():
+def _serve_one_connection(reply) -> socket.socket:
+    """A loopback server for one connection that calls ``reply(conn, data)`` for each
+    read; the listening socket (close it at the end)."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(4)
@@ -349,10 +351,15 @@ def test_error_replies_are_counted_and_sampled():
     def serve():
         conn, _ = server.accept()
         with conn:
-            while conn.recv(65536):
-                conn.sendall(b"-ERR nope\r\n")
+            while data := conn.recv(65536):
+                reply(conn, data)
 
     threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
+def test_error_replies_are_counted_and_sampled():
+    server = _serve_one_connection(lambda conn, data: conn.sendall(b"-ERR nope\r\n"))
     spec = loadgen.LoadSpec("127.0.0.1", server.getsockname()[1], workload="set",
                             clients=1, pipeline=1, requests=20)
     result = loadgen.run(spec)
@@ -379,22 +386,13 @@ def test_an_open_loop_sends_at_its_arrival_times_not_as_fast_as_answers_come(tin
 
 def test_an_open_loop_counts_the_time_a_request_waits_for_a_connection():
     delay_s = 0.03
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(4)
 
-    def serve():  # one request at a time, each answered after delay_s
-        conn, _ = server.accept()
-        with conn:
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                for _ in range(data.count(b"*3\r\n")):
-                    threading.Event().wait(delay_s)
-                    conn.sendall(b"+OK\r\n")
+    def slowly(conn, data):  # one request at a time, each answered after delay_s
+        for _ in range(data.count(b"*3\r\n")):
+            threading.Event().wait(delay_s)
+            conn.sendall(b"+OK\r\n")
 
-    threading.Thread(target=serve, daemon=True).start()
+    server = _serve_one_connection(slowly)
     # Five requests arrive within a few ms on one connection: all but the first wait
     # for it, and their latency counts the wait, as an application would see it.
     spec = loadgen.LoadSpec("127.0.0.1", server.getsockname()[1], workload="set",
