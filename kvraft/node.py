@@ -649,13 +649,15 @@ class RaftNodeService(Service):
         Requests that only happen to follow answers (an open-loop load on a pool of
         connections, which reuses the connection answered last) come at their own rate
         and rarely pass the probe, and then only until the next gather ends.
-        Measured with the default configuration on fresh clusters, alternating with the
-        code before (three pairs): -c 10 p50 1.9-2.2 ms against 2.8-3.7, -c 50
-        12.3-12.8k writes/s against 7.6-10.4k; with Poisson arrivals of single SETs
-        (/tmp/exp/openloop.py, two pairs) p50 3.7-3.9 ms against 3.8-4.0 at 1,500/s
-        (2% of entries gathered) and 4.4-6.9 against 5.1-5.3 at 4,000/s (8-10%). The
-        first gather (counting any request, and a timeout with half back keeping it
-        on) gathered 60-70% of such entries and cost them: p50 3.6-4.8 ms against 3.1.
+        Measured at 2 ms on fresh clusters, alternating with the code before without it
+        (three pairs): -c 10 p50 1.9-2.2 ms against 2.8-3.7, -c 50 12.3-12.8k writes/s
+        against 7.6-10.4k. The first gather (counting any request, and a timeout with
+        half back keeping it on) gathered 60-70% of open-loop entries, and cost them
+        p50 3.6-4.8 ms against 3.1 at 1,500 Poisson arrivals/s; this one gathers 2-3%
+        of them (kvraft bench run --rate). But those few mostly wait out the whole
+        gather, so at 4,000/s p99 rose from 8.2-8.6 ms to 7.8-18.4 (three pairs), and
+        it stays off by default (raft.proposal_gather_ms = 0), for deployments whose
+        clients are a closed loop (worker pools, batch loaders).
 
         Reads wait while a ReadIndex round is out (as etcd's read loop does): the next
         round then confirms every read that queued meanwhile. Both keep the cost per
