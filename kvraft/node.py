@@ -556,14 +556,15 @@ class RaftNodeService(Service):
             return True  # answered (or failed), and no gather
         elif not self._returns_due:
             self.metrics.gathered("returned")
-            self._gathering = self._came_together(self._due_at_answer)
+            self._gathering = self._came_together(self._due_at_answer, self._back_first_s)
             return True
         else:
             wait_s = self.proposal_gather_s - (now - self._answered_s)
             if wait_s <= 0:
                 due = self._due_at_answer
                 back = due - self._returns_due
-                self._gathering = back >= due * gather_keep_share and self._came_together(back)
+                self._gathering = (back >= due * gather_keep_share
+                                   and self._came_together(back, self._back_first_s))
                 self._returns_due = self._probe_due = 0
                 self.metrics.gathered("timeout")
                 return True
@@ -576,12 +577,9 @@ class RaftNodeService(Service):
             call.reset(wait_s)
         return False
 
-    def _came_together(self, back: int, first_s: float | None = None) -> bool:
+    def _came_together(self, back: int, first_s: float) -> bool:
         """Whether ``back`` clients came back together, as a closed loop's do
-        (``gather_spread_share``): from the first, at ``first_s`` (by default the first
-        since the last answer), to the last so far."""
-        if first_s is None:
-            first_s = self._back_first_s
+        (``gather_spread_share``): the first at ``first_s``, the last so far."""
         return back < 2 or (self._back_last_s - first_s
                             <= (back - 1) * self.proposal_gather_spread_s)
 

@@ -247,6 +247,12 @@ spread_s = gather_s * gather_spread_share  # ... probed clients come back this f
 client_turn_s = 0.0002  # how long client i takes to send again: (i + 1) of these
 loop_step_s = 0.0001  # ClosedLoop.run_answers advances the clock by this much at a time
 loop_stall_s = 5.0  # ... and fails if the answers it waits for take this long
+hold_ms = 10_000  # raft.proposal_hold_ms: so long that only a commit or a gather ends a hold
+
+
+def _gathering_cluster(make_cluster, gather_ms: float = gather_s * 1000):
+    """A cluster whose leader gathers for ``gather_ms`` (0: never)."""
+    return make_cluster(proposal_hold_ms=hold_ms, proposal_gather_ms=gather_ms)
 
 
 class ClosedLoop:
@@ -299,7 +305,7 @@ class ClosedLoop:
 
 
 def test_a_leader_gathers_a_closed_loop_of_clients_into_one_entry_per_round(make_cluster):
-    cluster = make_cluster(proposal_hold_ms=10_000, proposal_gather_ms=gather_s * 1000)
+    cluster = _gathering_cluster(make_cluster)
     leader = _leader(cluster)
     loop = ClosedLoop(cluster, leader, clients=4)
     loop.run_answers(8)  # the first rounds show the leader that its clients come back
@@ -312,7 +318,7 @@ def test_a_leader_gathers_a_closed_loop_of_clients_into_one_entry_per_round(make
 
 
 def test_without_a_gather_a_closed_loop_splits_into_smaller_entries(make_cluster):
-    cluster = make_cluster(proposal_hold_ms=10_000, proposal_gather_ms=0)
+    cluster = _gathering_cluster(make_cluster, gather_ms=0)
     leader = _leader(cluster)
     loop = ClosedLoop(cluster, leader, clients=4)
     loop.run_answers(8)
@@ -327,7 +333,7 @@ def test_without_a_gather_a_closed_loop_splits_into_smaller_entries(make_cluster
 
 def test_a_gather_for_clients_that_went_idle_ends_after_proposal_gather_ms_and_stops(
         make_cluster):
-    cluster = make_cluster(proposal_hold_ms=10_000, proposal_gather_ms=gather_s * 1000)
+    cluster = _gathering_cluster(make_cluster)
     leader = _leader(cluster)
     loop = ClosedLoop(cluster, leader, clients=8)
     loop.run_answers(24)
@@ -352,7 +358,7 @@ def test_a_gather_for_clients_that_went_idle_ends_after_proposal_gather_ms_and_s
 
 
 def test_a_gather_that_times_out_with_most_clients_back_goes_on_gathering(make_cluster):
-    cluster = make_cluster(proposal_hold_ms=10_000, proposal_gather_ms=gather_s * 1000)
+    cluster = _gathering_cluster(make_cluster)
     leader = _leader(cluster)
     loop = ClosedLoop(cluster, leader, clients=4)
     loop.run_answers(12)
@@ -370,7 +376,7 @@ def test_a_gather_that_times_out_with_most_clients_back_goes_on_gathering(make_c
 
 def test_a_request_that_does_not_follow_its_answer_does_not_end_a_gather(
         make_cluster, answers):
-    cluster = make_cluster(proposal_hold_ms=10_000, proposal_gather_ms=gather_s * 1000)
+    cluster = _gathering_cluster(make_cluster)
     leader = _leader(cluster)
     loop = ClosedLoop(cluster, leader, clients=4)
     loop.run_answers(12)
@@ -388,7 +394,7 @@ def test_clients_that_trickle_back_one_by_one_are_not_gathered(make_cluster):
     # Each client comes back within the gather time, but the clients of an answer come
     # back further apart than a closed loop's: what requests that only happen to follow
     # answers look like (an open-loop load on a pool of connections).
-    cluster = make_cluster(proposal_hold_ms=10_000, proposal_gather_ms=gather_s * 1000)
+    cluster = _gathering_cluster(make_cluster)
     leader = _leader(cluster)
     loop = ClosedLoop(cluster, leader, clients=5, turn_s=spread_s * 2)
     assert loop.turn_s * 5 < gather_s
@@ -397,7 +403,7 @@ def test_clients_that_trickle_back_one_by_one_are_not_gathered(make_cluster):
 
 
 def test_gathering_stops_when_the_clients_start_to_trickle_back(make_cluster):
-    cluster = make_cluster(proposal_hold_ms=10_000, proposal_gather_ms=gather_s * 1000)
+    cluster = _gathering_cluster(make_cluster)
     leader = _leader(cluster)
     loop = ClosedLoop(cluster, leader, clients=4)
     loop.run_answers(12)
@@ -413,7 +419,7 @@ def test_gathering_stops_when_the_clients_start_to_trickle_back(make_cluster):
 
 
 def test_a_write_after_the_clients_went_quiet_is_proposed_at_once(make_cluster, answers):
-    cluster = make_cluster(proposal_hold_ms=10_000, proposal_gather_ms=gather_s * 1000)
+    cluster = _gathering_cluster(make_cluster)
     leader = _leader(cluster)
     loop = ClosedLoop(cluster, leader, clients=3)
     loop.run_answers(9)

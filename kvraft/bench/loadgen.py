@@ -41,6 +41,8 @@ connect_timeout_s = 5.0
 recv_bytes_max = 256 * 1024
 select_timeout_s = 0.05
 """The longest a worker waits for replies before it looks at the clock again."""
+progress_every_ns = 200_000_000
+"""How often a worker publishes its count of replies for the progress line."""
 
 
 @dataclass
@@ -219,8 +221,10 @@ def _connect(host: str, port: int, readonly: bool) -> socket.socket:
 class _Tally:
     """One worker's figures: a latency histogram, one per second, counts, error texts."""
 
-    def __init__(self, start_ns: int):
+    def __init__(self, start_ns: int, counter, wid: int):
         self.start_ns = start_ns
+        self._counter, self.wid = counter, wid  # shared with the parent: progress
+        self._published_ns = start_ns
         self.hist = Histogram()
         self.per_second: dict[int, list] = {}  # second -> [ops, errors, Histogram]
         self.ok = self.errors = self.timeouts = self.waited = 0
@@ -270,6 +274,12 @@ class _Tally:
             self.error_samples.append("the server closed a connection")
         return False
 
+    def publish(self, now: int, force: bool = False) -> None:
+        """Tell the parent how many replies came, every ``progress_every_ns``."""
+        if force or now - self._published_ns > progress_every_ns:
+            self._counter[self.wid] = self.ok + self.errors
+            self._published_ns = now
+
     def to_dict(self, elapsed_s: float) -> dict:
         return {"histogram": self.hist.to_dict(), "ok": self.ok, "errors": self.errors,
                 "timeouts": self.timeouts, "waited": self.waited, "elapsed_s": elapsed_s,
@@ -302,13 +312,14 @@ def _worker(spec_dict: dict, wid: int, nconns: int, first_conn: int, counter, ou
     start_ns = time.perf_counter_ns()
     deadline_ns = start_ns + int(spec.duration_s * 1e9) if not spec.requests and \
         spec.workload != "fill" else 0
-    tally = _Tally(start_ns)
+    tally = _Tally(start_ns, counter, wid)
     if spec.rate:
-        _open_loop(spec, wid, conns, sel, tally, deadline_ns, counter)
+        _open_loop(spec, conns, sel, tally, deadline_ns)
     else:
-        _closed_loop(spec, wid, conns, sel, tally, deadline_ns, counter)
-    elapsed_s = (time.perf_counter_ns() - start_ns) / 1e9
-    counter[wid] = tally.ok + tally.errors
+        _closed_loop(spec, conns, sel, tally, deadline_ns)
+    end_ns = time.perf_counter_ns()
+    elapsed_s = (end_ns - start_ns) / 1e9
+    tally.publish(end_ns, force=True)
     for c in conns:
         try:
             c.sock.close()
@@ -318,8 +329,8 @@ def _worker(spec_dict: dict, wid: int, nconns: int, first_conn: int, counter, ou
     out.close()
 
 
-def _closed_loop(spec: LoadSpec, wid: int, conns: list[_Conn], sel, tally: _Tally,
-                 deadline_ns: int, counter) -> None:
+def _closed_loop(spec: LoadSpec, conns: list[_Conn], sel, tally: _Tally,
+                 deadline_ns: int) -> None:
     """Each connection sends ``pipeline`` requests, and again when all are answered."""
     pipeline = spec.pipeline
 
@@ -345,14 +356,11 @@ def _closed_loop(spec: LoadSpec, wid: int, conns: list[_Conn], sel, tally: _Tall
     for c in conns:
         send(c)
     active = sum(1 for c in conns if c.outstanding)
-    last_publish = tally.start_ns
     drain_until = 0
     while active:
         events = sel.select(timeout=select_timeout_s)
         now = time.perf_counter_ns()
-        if now - last_publish > 200_000_000:
-            counter[wid] = tally.ok + tally.errors
-            last_publish = now
+        tally.publish(now)
         if deadline_ns and now >= deadline_ns and not drain_until:
             drain_until = now + int(drain_timeout_s * 1e9)
         if drain_until and now >= drain_until:
@@ -369,12 +377,12 @@ def _closed_loop(spec: LoadSpec, wid: int, conns: list[_Conn], sel, tally: _Tall
                     active -= 1
 
 
-def _open_loop(spec: LoadSpec, wid: int, conns: list[_Conn], sel, tally: _Tally,
-               deadline_ns: int, counter) -> None:
+def _open_loop(spec: LoadSpec, conns: list[_Conn], sel, tally: _Tally,
+               deadline_ns: int) -> None:
     """Requests arrive at Poisson times (this worker's share of ``spec.rate``), each on
     the idle connection answered last, or queued until one is idle; each is timed from
     its arrival."""
-    gap_s = random.Random(spec.seed * 7919 + wid).expovariate
+    gap_s = random.Random(spec.seed * 7919 + tally.wid).expovariate
     rate = spec.rate * len(conns) / spec.clients
     quota = sum(c.quota for c in conns) if spec.requests else -1
     idle = list(conns)
@@ -387,7 +395,6 @@ def _open_loop(spec: LoadSpec, wid: int, conns: list[_Conn], sel, tally: _Tally,
 
     next_ns = tally.start_ns + int(gap_s(rate) * 1e9)
     arriving = True
-    last_publish = tally.start_ns
     drain_until = 0
     while True:
         now = time.perf_counter_ns()
@@ -408,9 +415,7 @@ def _open_loop(spec: LoadSpec, wid: int, conns: list[_Conn], sel, tally: _Tally,
         if drain_until and now >= drain_until:
             tally.timeouts = busy + len(queued)
             break
-        if now - last_publish > 200_000_000:
-            counter[wid] = tally.ok + tally.errors
-            last_publish = now
+        tally.publish(now)
         wait_s = (next_ns - now) / 1e9 if arriving else select_timeout_s
         for key, _ in sel.select(timeout=min(max(wait_s, 0.0), select_timeout_s)):
             c = key.data
