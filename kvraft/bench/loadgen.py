@@ -394,7 +394,7 @@ def _open_loop(spec: LoadSpec, conns: list[_Conn], sel, tally: _Tally,
         c.sock.sendall(c.maker.next())
 
     next_ns = tally.start_ns + int(gap_s(rate) * 1e9)
-    arriving = True
+    arriving = quota != 0  # a worker may have no share of a small request count
     drain_until = 0
     while True:
         now = time.perf_counter_ns()

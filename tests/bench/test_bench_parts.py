@@ -422,3 +422,11 @@ def test_an_open_loop_runs_on_the_built_in_generator():
         runner.RunOptions(driver="redis-benchmark", rate=500.0).check()
     with pytest.raises(ValueError, match="drop --pipeline"):
         runner.RunOptions(driver="builtin", rate=500.0, pipeline=16).check()
+
+
+def test_an_open_loop_worker_with_no_requests_to_send_ends_at_once(tiny):
+    # One request over two clients in two processes: the second worker's share is none.
+    spec = loadgen.LoadSpec("127.0.0.1", tiny.port, workload="set", clients=2, keyspace=5,
+                            requests=1, procs=2, rate=1000.0)
+    result = loadgen.run(spec)
+    assert result.ok == 1 and result.errors == 0 and result.timeouts == 0
