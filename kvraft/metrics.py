@@ -121,7 +121,8 @@ class NodeMetrics:
         """Accepted batches whose outcome was not learned, by reason (timeout)."""
         self.proposal_gathers: Counter[str] = Counter()
         """Batches a leader gathered (``raft.proposal_gather_ms``), by how the gather
-        ended: ``returned`` (every client answered last sent again) or ``timeout``."""
+        ended: ``returned`` (every client answered last sent again), ``timeout`` or
+        ``behind`` (``gathered``)."""
         self.failures: Counter[tuple[str, str]] = Counter()
         """Client commands answered with an error by the node, by (route, reason)."""
         self.write_seconds = Histogram(COMMAND_BUCKETS_S)
@@ -163,7 +164,9 @@ class NodeMetrics:
         self.failures["write", reason] += commands
 
     def gathered(self, outcome: str) -> None:
-        """A leader ended a gather for its next batch: ``"returned"`` or ``"timeout"``."""
+        """A leader ended a gather for its next batch: ``"returned"`` (all back),
+        ``"timeout"`` (``raft.proposal_gather_ms`` passed) or ``"behind"`` (the clients
+        fell behind a closed loop's pace)."""
         self.proposal_gathers[outcome] += 1
 
     def proposal_committed(self, seconds: float | None = None) -> None:

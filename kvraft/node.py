@@ -90,6 +90,13 @@ last, at most this share of it apart on average: such clients come back together
 gather_probe_clients_min = 4
 """... and when that answer went to at least this many clients: two requests close
 together tell little, one nothing."""
+gather_pace_slack = 2
+"""A gather also ends early once its clients fall behind a closed loop's pace: from the
+first back, at most ``gather_spread_share`` of ``raft.proposal_gather_ms`` per client on
+average, with this many clients' worth of slack for a straggler. Clients that trickle
+back at an open-loop load's rate (an arrival every few hundred microseconds) fall behind
+within a few returns, so a gather the probe started by chance costs them a fraction of
+the gather time instead of all of it."""
 gather_keep_share = 0.75
 """A gather that ends with at least this share of its clients back keeps gathering on
 (a closed loop with stragglers: at -c 50 the leader itself takes a while to read them);
@@ -559,14 +566,20 @@ class RaftNodeService(Service):
             self._gathering = self._came_together(self._due_at_answer, self._back_first_s)
             return True
         else:
+            due = self._due_at_answer
+            back = due - self._returns_due
             wait_s = self.proposal_gather_s - (now - self._answered_s)
+            outcome = "timeout"
+            if back:  # the pace the first back set (gather_pace_slack)
+                pace_s = self._back_first_s + (back - 1 + gather_pace_slack) \
+                    * self.proposal_gather_spread_s - now
+                if pace_s < wait_s:
+                    wait_s, outcome = pace_s, "behind"
             if wait_s <= 0:
-                due = self._due_at_answer
-                back = due - self._returns_due
                 self._gathering = (back >= due * gather_keep_share
                                    and self._came_together(back, self._back_first_s))
                 self._returns_due = self._probe_due = 0
-                self.metrics.gathered("timeout")
+                self.metrics.gathered(outcome)
                 return True
         if wait_s <= 0:
             return True
@@ -642,7 +655,8 @@ class RaftNodeService(Service):
         requests come from clients just answered (client_returned), so no one else's
         count. A probe turns gathering on when the clients of one answer (at least
         ``gather_probe_clients_min``) all came back in time and together
-        (``gather_spread_share``); a gather that ends with fewer than
+        (``gather_spread_share``); a gather ends early once those still due fall behind
+        that pace (``gather_pace_slack``), and one that ends with fewer than
         ``gather_keep_share`` of them back, or with them trickling in, turns it off.
         Requests that only happen to follow answers (an open-loop load on a pool of
         connections, which reuses the connection answered last) come at their own rate

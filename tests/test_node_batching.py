@@ -6,7 +6,7 @@ import pytest
 from test_node_support import NodeCluster
 
 from kvraft.client.errors import BackendError, NoLeaderError
-from kvraft.node import gather_spread_share
+from kvraft.node import gather_pace_slack, gather_spread_share
 from kvraft.raft import Role
 
 
@@ -331,7 +331,7 @@ def test_without_a_gather_a_closed_loop_splits_into_smaller_entries(make_cluster
     assert not leader.metrics.proposal_gathers
 
 
-def test_a_gather_for_clients_that_went_idle_ends_after_proposal_gather_ms_and_stops(
+def test_a_gather_for_clients_that_went_idle_ends_once_the_rest_fall_behind_and_stops(
         make_cluster):
     cluster = _gathering_cluster(make_cluster)
     leader = _leader(cluster)
@@ -340,24 +340,52 @@ def test_a_gather_for_clients_that_went_idle_ends_after_proposal_gather_ms_and_s
     for client in (4, 5, 6, 7):
         loop.stop(client)
     loop.run_answers(8)  # the round in which clients 4 to 7 are answered the last time
-    # Clients 0 to 3 come back at once; the leader waits for 4 to 7 until the gather
-    # ends, then proposes the four writes it has.
+    # Clients 0 to 3 come back at once; the leader waits for 4 to 7 only while they
+    # could still be a closed loop's stragglers (gather_pace_slack clients' worth of
+    # spread after the four), then proposes the four writes it has: long before the
+    # gather time.
     waited = loop.run_answers(4)
-    assert leader.metrics.proposal_gathers["timeout"] == 1
-    assert min(latency for _, latency in waited) >= gather_s - client_turn_s * 4, waited
-    # Fewer than gather_keep_share came back: gathering stopped with the timeout. The
-    # next write goes out alone, as soon as its client is back; then, once an answer
-    # to the four saw them come back together, it gathers again, and their rounds are
-    # answered within a fraction of the gather time.
+    assert leader.metrics.proposal_gathers["behind"] == 1
+    assert leader.metrics.proposal_gathers["timeout"] == 0
+    pace_s = (4 - 1 + gather_pace_slack) * spread_s
+    assert min(latency for _, latency in waited) >= pace_s - client_turn_s * 4, waited
+    assert max(latency for _, latency in waited) < gather_s / 2, waited
+    # Fewer than gather_keep_share came back: gathering stopped. The next write goes
+    # out alone, as soon as its client is back; then, once an answer to the four saw
+    # them come back together, it gathers again, and their rounds are answered within
+    # a fraction of the gather time.
     after = leader.core.log.last_index()
     later = loop.run_answers(16)
     sizes = _entry_sizes(leader, after)
     assert sizes[0] == 1 and sizes[-3:] == [4, 4, 4], sizes
     assert max(latency for _, latency in later) < gather_s / 2, later
+    assert leader.metrics.proposal_gathers["behind"] == 1
+
+
+def test_a_gather_waits_up_to_proposal_gather_ms_for_the_first_client(make_cluster,
+                                                                        answers):
+    cluster = _gathering_cluster(make_cluster)
+    leader = _leader(cluster)
+    loop = ClosedLoop(cluster, leader, clients=4)
+    loop.run_answers(12)
+    for client in range(4):
+        loop.stop(client)
+    loop.run_answers(4)  # the last round: none of the four comes back
+    answered_s = cluster.reactor.seconds()
+    # A client answered long ago writes: it is not one of those due, and none of them
+    # is back to set a pace, so the write waits out the gather time.
+    before = leader.core.log.last_index()
+    leader.client_returned(0.0)
+    leader.submit_write([b"SET", b"other", b"1"], answers, "other")
+    while leader.core.log.last_index() == before:
+        assert cluster.reactor.seconds() - answered_s < loop_stall_s, "never proposed"
+        cluster.reactor.advance(loop_step_s)
+    assert cluster.reactor.seconds() - answered_s >= gather_s - loop_step_s
     assert leader.metrics.proposal_gathers["timeout"] == 1
+    assert leader.metrics.proposal_gathers["behind"] == 0
 
 
-def test_a_gather_that_times_out_with_most_clients_back_goes_on_gathering(make_cluster):
+def test_a_gather_that_ends_with_most_clients_back_goes_on_gathering(make_cluster):
     cluster = _gathering_cluster(make_cluster)
     leader = _leader(cluster)
     loop = ClosedLoop(cluster, leader, clients=4)
@@ -365,13 +393,13 @@ def test_a_gather_that_times_out_with_most_clients_back_goes_on_gathering(make_c
     loop.stop(3)
     loop.run_answers(4)
     loop.run_answers(3)  # held until the gather ended: client 3 never came back
-    assert leader.metrics.proposal_gathers["timeout"] == 1
-    # Three of four came back in time: the leader goes on gathering, and each round of
-    # the three is one entry.
+    assert leader.metrics.proposal_gathers["behind"] == 1
+    # Three of four came back, together: the leader goes on gathering, and each round
+    # of the three is one entry.
     after = leader.core.log.last_index()
     loop.run_answers(9)
     assert _entry_sizes(leader, after)[:3] == [3, 3, 3]
-    assert leader.metrics.proposal_gathers["timeout"] == 1
+    assert leader.metrics.proposal_gathers["behind"] == 1
 
 
 def test_a_request_that_does_not_follow_its_answer_does_not_end_a_gather(
@@ -386,7 +414,7 @@ def test_a_request_that_does_not_follow_its_answer_does_not_end_a_gather(
     leader.client_returned(0.0)
     leader.submit_write([b"SET", b"other", b"1"], answers, "other")
     loop.run_answers(3)
-    assert leader.metrics.proposal_gathers["timeout"] == 1
+    assert leader.metrics.proposal_gathers["behind"] == 1  # client 3 is still due
     assert leader.metrics.proposal_gathers["returned"] >= 2
 
 

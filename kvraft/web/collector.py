@@ -151,7 +151,8 @@ class NodeCollector:
                      "was committed in their place).", m.proposals_failed, "reason"),
             _counter("kvraft_proposal_gathers_total", "Write batches the leader held until "
                      "the clients it answered last sent again (raft.proposal_gather_ms), "
-                     "by how the gather ended: returned, or timeout.",
+                     "by how the gather ended: returned, timeout, or behind (the clients fell "
+                     "behind a closed loop's pace).",
                      m.proposal_gathers, "outcome"),
             _histogram("kvraft_proposal_commands", "Client writes per proposed batch.",
                        m.proposal_commands),
