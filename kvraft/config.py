@@ -53,7 +53,7 @@ class RaftSettings:
     batch_bytes_max: int = 1 << 20
     request_timeout_ms: int = 5000
     proposal_hold_ms: int = 10  # a leader's next batch waits this long for the last one
-    proposal_gather_ms: float = 0.0  # ... then this long for the clients it answered
+    proposal_gather_ms: float = 2.0  # ... then this long for the clients it answered
     snapshot_entries: int = 100_000  # snapshot once this many entries applied since the last
     snapshot_bytes: int = 128 << 20  # ... or this many bytes of entry data
     compaction_margin_entries: int = 10_000  # kept below a snapshot for slow followers

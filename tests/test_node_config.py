@@ -26,7 +26,7 @@ def test_defaults():
     assert config.fsync_in_thread is False
     assert config.fsync_aio is True
     assert config.raft.proposal_hold_ms == 10
-    assert config.raft.proposal_gather_ms == 0.0  # off: it costs open-loop traffic p99
+    assert config.raft.proposal_gather_ms == 2.0
 
 
 @pytest.mark.parametrize("value", [0, 0.5, 3, 1000])
