@@ -304,6 +304,19 @@ class ClosedLoop:
         return self.latencies[start:start + count]
 
 
+def _loop_gone_quiet(make_cluster, clients: int):
+    """A gathering cluster and its leader just after answering the last round of a
+    closed loop of ``clients`` that all went idle: none of them comes back."""
+    cluster = _gathering_cluster(make_cluster)
+    leader = _leader(cluster)
+    loop = ClosedLoop(cluster, leader, clients=clients)
+    loop.run_answers(clients * 3)
+    for client in range(clients):
+        loop.stop(client)
+    loop.run_answers(clients)  # the last round
+    return cluster, leader
+
+
 def test_a_leader_gathers_a_closed_loop_of_clients_into_one_entry_per_round(make_cluster):
     cluster = _gathering_cluster(make_cluster)
     leader = _leader(cluster)
@@ -364,13 +377,7 @@ def test_a_gather_for_clients_that_went_idle_ends_once_the_rest_fall_behind_and_
 
 def test_a_gather_waits_up_to_proposal_gather_ms_for_the_first_client(make_cluster,
                                                                         answers):
-    cluster = _gathering_cluster(make_cluster)
-    leader = _leader(cluster)
-    loop = ClosedLoop(cluster, leader, clients=4)
-    loop.run_answers(12)
-    for client in range(4):
-        loop.stop(client)
-    loop.run_answers(4)  # the last round: none of the four comes back
+    cluster, leader = _loop_gone_quiet(make_cluster, clients=4)
     answered_s = cluster.reactor.seconds()
     # A client answered long ago writes: it is not one of those due, and none of them
     # is back to set a pace, so the write waits out the gather time.
@@ -447,13 +454,7 @@ def test_gathering_stops_when_the_clients_start_to_trickle_back(make_cluster):
 
 
 def test_a_write_after_the_clients_went_quiet_is_proposed_at_once(make_cluster, answers):
-    cluster = _gathering_cluster(make_cluster)
-    leader = _leader(cluster)
-    loop = ClosedLoop(cluster, leader, clients=3)
-    loop.run_answers(9)
-    for client in range(3):
-        loop.stop(client)
-    loop.run_answers(3)
+    cluster, leader = _loop_gone_quiet(make_cluster, clients=3)
     cluster.reactor.advance(1.0)  # quiet: none of the answered clients came back
     before = leader.core.log.last_index()
     leader.submit_write([b"SET", b"late", b"1"], answers, "late")
