@@ -84,3 +84,15 @@ def test_repeat_wants_a_sensible_count(tmp_path):
             suite.main(["--repeat", count, "--target", "127.0.0.1:1", "--out",
                         str(tmp_path)])
         assert exit_info.value.code == 2
+
+
+def test_the_suite_times_an_open_loop_beside_its_closed_ones():
+    # What a change to batching costs requests that do not wait for answers (most
+    # applications') shows only in an open loop: the suite runs one, with valid options.
+    open_loops = [t for t in suite.tests(False) if t.options.rate > 0]
+    assert [t.name for t in open_loops] == ["set-open-loop"]
+    options = open_loops[0].options
+    options.check()
+    assert options.driver == "builtin" and options.pipeline == 1
+    assert options.requests >= options.rate * 5  # long enough to see its tail
+    assert any(t.options.rate == 0 for t in suite.tests(False))
