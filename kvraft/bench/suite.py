@@ -87,7 +87,7 @@ def tests(quick: bool) -> list[Test]:
              "built-in generator, 90% GET / 10% SET"),
         # Every test above is a closed loop (a client sends again when answered); most
         # applications are not, and a batching change that helps closed loops can cost
-        # them latency (session 8's first gather did): this one shows it.
+        # them latency (an early raft.proposal_gather_ms did): this one shows it.
         Test("set-open-loop", RunOptions("set", clients=200, requests=n(open_loop_rate * 10),
                                          rate=open_loop_rate, driver="builtin"), (),
              f"built-in generator, an open loop: {open_loop_rate:,} SETs/s at Poisson "
