@@ -571,8 +571,7 @@ class RaftNodeService(Service):
             wait_s = self.proposal_gather_s - (now - self._answered_s)
             outcome = "timeout"
             if back:  # the pace the first back set (gather_pace_slack)
-                pace_s = self._back_first_s + (back - 1 + gather_pace_slack) \
-                    * self.proposal_gather_spread_s - now
+                pace_s = self._pace_end_s(self._back_first_s, back, gather_pace_slack) - now
                 if pace_s < wait_s:
                     wait_s, outcome = pace_s, "behind"
             if wait_s <= 0:
@@ -590,11 +589,16 @@ class RaftNodeService(Service):
             call.reset(wait_s)
         return False
 
+    def _pace_end_s(self, first_s: float, back: int, slack: int = 0) -> float:
+        """When ``back`` clients, the first of them back at ``first_s``, are all back if
+        they keep a closed loop's pace (``gather_spread_share`` apart on average), with
+        ``slack`` clients' worth of time more."""
+        return first_s + (back - 1 + slack) * self.proposal_gather_spread_s
+
     def _came_together(self, back: int, first_s: float) -> bool:
-        """Whether ``back`` clients came back together, as a closed loop's do
-        (``gather_spread_share``): the first at ``first_s``, the last so far."""
-        return back < 2 or (self._back_last_s - first_s
-                            <= (back - 1) * self.proposal_gather_spread_s)
+        """Whether ``back`` clients came back together, as a closed loop's do: the first
+        at ``first_s``, the last (``_back_last_s``) within their pace."""
+        return back < 2 or self._back_last_s <= self._pace_end_s(first_s, back)
 
     def _hold_over(self) -> None:
         self._hold_call = None

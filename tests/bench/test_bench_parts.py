@@ -386,6 +386,7 @@ def test_an_open_loop_sends_at_its_arrival_times_not_as_fast_as_answers_come(tin
 
 def test_an_open_loop_counts_the_time_a_request_waits_for_a_connection():
     delay_s = 0.03
+    waited_share = 0.9  # the arrivals span a few ms: the last one waits nearly 4 answers
 
     def slowly(conn, data):  # one request at a time, each answered after delay_s
         for _ in range(data.count(b"*3\r\n")):
@@ -400,7 +401,7 @@ def test_an_open_loop_counts_the_time_a_request_waits_for_a_connection():
     result = loadgen.run(spec)
     server.close()
     assert result.ok == 5 and result.waited >= 3
-    assert result.histogram.percentile(100) >= 4 * delay_s * 1e6 * 0.9
+    assert result.histogram.percentile(100) >= 4 * delay_s * 1e6 * waited_share
 
 
 @pytest.mark.parametrize("changes, message", [
