@@ -277,9 +277,26 @@ def summary(result: dict) -> str:
         lines.append("  machine cpu " + "  ".join(
             f"{name} {shares[name]:.1f}%" for name in
             ("user", "system", "softirq", "idle", "iowait", "steal")))
+    ceiling = result.get("cpu_ceiling")
+    if ceiling:
+        lines.append("  cpu ceiling: " + ", ".join(_ceilings(result)))
     for sample in result.get("error_samples", []):
         lines.append(f"  error: {sample}")
     return "\n".join(lines)
+
+
+def _ceilings(result: dict) -> list[str]:
+    """``cpu_ceiling`` in words: each ceiling and the cost it comes from."""
+    ceiling, parts = result["cpu_ceiling"], []
+    if "machine_ops" in ceiling:
+        parts.append(f"{ceiling['machine_ops']:,} ops/s for the machine "
+                     f"({result['machine']['cpu_us_per_op']:.1f} µs/op on "
+                     f"{result['machine']['cpus']} cpus)")
+    if "node_ops" in ceiling:
+        node = ceiling["node"]
+        parts.append(f"{ceiling['node_ops']:,} ops/s for {node} "
+                     f"({result['nodes'][node]['cpu_us_per_op']:.1f} µs/op on one thread)")
+    return parts
 
 
 def _per_op(us: float | None) -> str:

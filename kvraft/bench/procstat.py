@@ -95,6 +95,20 @@ def machine_cpu_percent(before: list[int] | None,
             for name, ticks in zip(MACHINE_CPU_FIELDS, spent, strict=True)}
 
 
+MACHINE_BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq")
+"""The ``MACHINE_CPU_FIELDS`` that are work done on this machine: not idle, not waiting for
+a disk (``iowait``), not time the hypervisor gave to other guests (``steal``)."""
+
+
+def machine_busy_s(before: list[int] | None, after: list[int] | None) -> float | None:
+    """CPU seconds the machine worked, on all its cores, between two ``machine_cpu_ticks``:
+    every process and the kernel (a loopback packet's receive runs as a softirq)."""
+    if before is None or after is None:
+        return None
+    busy = [MACHINE_CPU_FIELDS.index(name) for name in MACHINE_BUSY_FIELDS]
+    return sum(after[i] - before[i] for i in busy) / clock_ticks_per_s
+
+
 def load_average() -> tuple[float, float, float]:
     """The 1, 5 and 15 minute load averages (other work on the machine skews figures)."""
     try:

@@ -16,6 +16,7 @@ from kvraft.bench.histogram import Histogram
 from kvraft.bench.procstat import (
     ProcSampler,
     load_average,
+    machine_busy_s,
     machine_cpu_percent,
     machine_cpu_ticks,
 )
@@ -143,6 +144,10 @@ def run(target: Target, opts: RunOptions,
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     generator_cpu = ((children_after.ru_utime + children_after.ru_stime)
                      - (children_before.ru_utime + children_before.ru_stime))
+    machine_after = machine_cpu_ticks()
+    machine_busy = machine_busy_s(machine_before, machine_after)
+    nodes = with_cpu_per_op(sampler.to_dict(wall), ok + errors)
+    machine_us = cpu_us_per_op(machine_busy, ok + errors) if machine_busy else None
     return {
         "result_version": result_version,
         "workload": opts.workload, "driver": driver, "command": command,
@@ -153,13 +158,15 @@ def run(target: Target, opts: RunOptions,
         "elapsed_s": round(elapsed, 3), "throughput_ops": round(throughput, 1),
         "latency_ms": hist.summary_ms(), "histogram": hist.to_dict(),
         "timeline": timeline, "fill_s": fill_s,
-        "nodes": with_cpu_per_op(sampler.to_dict(wall), ok + errors),
+        "nodes": nodes,
         "generator_cpu_s": round(generator_cpu, 3),
         "generator_cpu_us_per_op": cpu_us_per_op(generator_cpu, ok + errors),
         "machine": {"cpus": os.cpu_count(), "load_before": load_before,
                     "load_after": load_average(), "python": sys.version.split()[0],
-                    "cpu_percent": machine_cpu_percent(machine_before,
-                                                       machine_cpu_ticks())},
+                    "cpu_percent": machine_cpu_percent(machine_before, machine_after),
+                    "cpu_s": None if machine_busy is None else round(machine_busy, 2),
+                    "cpu_us_per_op": machine_us},
+        "cpu_ceiling": cpu_ceiling(nodes, machine_us, os.cpu_count()),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -168,6 +175,31 @@ def cpu_us_per_op(cpu_s: float, ops: int) -> float | None:
     """CPU microseconds per answered request (None when nothing was answered): with the
     machine's cores, what bounds throughput before any waiting."""
     return round(cpu_s * 1e6 / ops, 1) if ops > 0 else None
+
+
+def cpu_ceiling(nodes: dict, machine_us_per_op: float | None,
+                cpus: int | None) -> dict | None:
+    """The most requests per second this run's CPU costs per request allow; None when
+    no cost is known.
+
+    - ``machine_ops``: the machine's cores over what one request cost the whole machine
+      (every node, the load generator, the kernel's network work);
+    - ``node_ops``: one core over what one request cost the busiest ``node``, whose
+      requests are served by one thread (its reactor).
+
+    A run well below both waited (for disks, for messages, for a busy core); a run at
+    either ceiling can go faster only by costing less CPU per request, not by waiting
+    less."""
+    ceiling: dict = {}
+    if machine_us_per_op and cpus:
+        ceiling["machine_ops"] = round(cpus * 1e6 / machine_us_per_op)
+    costs = {name: figures["cpu_us_per_op"] for name, figures in nodes.items()
+             if figures.get("cpu_us_per_op")}
+    if costs:
+        busiest = max(costs, key=costs.__getitem__)
+        ceiling["node"] = busiest
+        ceiling["node_ops"] = round(1e6 / costs[busiest])
+    return ceiling or None
 
 
 def with_cpu_per_op(nodes: dict, ops: int) -> dict:

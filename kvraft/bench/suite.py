@@ -123,6 +123,20 @@ def describe_check(judged: dict) -> str:
             f"(runs {runs}; met in {judged['runs_passed']} of {len(values)})")
 
 
+def describe_ceiling(results: list[dict]) -> str | None:
+    """One line: the median CPU ceilings of a test's runs (``runner.cpu_ceiling``). A
+    target above them needs requests that cost less CPU, not less waiting."""
+    ceilings = [r["cpu_ceiling"] for r in results if r.get("cpu_ceiling")]
+    parts = []
+    machine = [c["machine_ops"] for c in ceilings if "machine_ops" in c]
+    if machine:
+        parts.append(f"machine {statistics.median(machine):,.0f} ops/s")
+    node = [c["node_ops"] for c in ceilings if "node_ops" in c]
+    if node:
+        parts.append(f"busiest node {statistics.median(node):,.0f} ops/s")
+    return f"  cpu ceiling at the measured costs: {', '.join(parts)}" if parts else None
+
+
 def main(argv: list[str]) -> int:
     """``kvraft bench suite``."""
     parser = argparse.ArgumentParser(prog="kvraft bench suite",
@@ -171,6 +185,9 @@ def main(argv: list[str]) -> int:
                 report["tests"].append(entry)
                 for check in entry["checks"]:
                     print(describe_check(check))
+                ceiling = describe_ceiling(results)
+                if ceiling is not None:
+                    print(ceiling)
     except (OSError, RuntimeError, TimeoutError) as e:
         progress.done()
         print(f"kvraft bench suite: {e}", file=sys.stderr)

@@ -125,6 +125,25 @@ def test_machine_cpu_percent_says_how_the_run_spent_the_machine():
     assert procstat.machine_cpu_percent(after, after) is None  # no time passed
 
 
+def test_the_machine_s_busy_time_leaves_out_idle_disk_waits_and_steal():
+    before = [1000, 0, 500, 4000, 100, 0, 50, 0]
+    after = [1600, 5, 700, 4100, 120, 1, 80, 50]  # user, nice, system, irq, softirq: 836
+    assert procstat.machine_busy_s(before, after) == pytest.approx(
+        836 / procstat.clock_ticks_per_s)
+    assert procstat.machine_busy_s(None, after) is None
+
+
+def test_the_cpu_ceiling_is_the_cores_over_what_a_request_costs():
+    nodes = {"n1": {"cpu_us_per_op": 40.0}, "n2": {"cpu_us_per_op": 12.5},
+             "n3": {"cpu_us_per_op": None}}
+    # The machine: 2 cores / 125 µs per request; the busiest node: 1 core / 40 µs.
+    assert runner.cpu_ceiling(nodes, 125.0, 2) == {"machine_ops": 16_000, "node": "n1",
+                                                   "node_ops": 25_000}
+    assert runner.cpu_ceiling({}, 125.0, 2) == {"machine_ops": 16_000}
+    assert runner.cpu_ceiling(nodes, None, 2) == {"node": "n1", "node_ops": 25_000}
+    assert runner.cpu_ceiling({"n3": {"cpu_us_per_op": None}}, None, 2) is None
+
+
 def test_sampler_reports_cpu_and_memory():
     sampler = procstat.ProcSampler({"me": os.getpid()})
     sampler.sample()
@@ -165,6 +184,12 @@ def test_the_summary_shows_cpu_per_request_beside_cpu_time():
     assert cli.summary(result).splitlines()[6] == (
         "  machine cpu user 55.0%  system 20.0%  softirq 3.0%  idle 10.0%  iowait 2.0%  "
         "steal 5.0%")
+    assert len(cli.summary(result).splitlines()) == 7  # no ceiling known: no line for it
+    result["machine"]["cpu_us_per_op"] = 125.0
+    result["cpu_ceiling"] = runner.cpu_ceiling(result["nodes"], 125.0, 2)
+    assert cli.summary(result).splitlines()[7] == (
+        "  cpu ceiling: 16,000 ops/s for the machine (125.0 µs/op on 2 cpus), "
+        "18,018 ops/s for n1 (55.5 µs/op on one thread)")
 
 
 # -- redis-benchmark output --------------------------------------------------------------------

@@ -78,6 +78,36 @@ def test_repeat_runs_each_test_and_keeps_every_run(tmp_path, monkeypatch, capsys
         capsys.readouterr().out
 
 
+def _costly(throughput: float, machine_us: float, node_us: float) -> dict:
+    """A run whose requests cost ``machine_us`` of the machine's CPU, ``node_us`` of n1's."""
+    result = _result(throughput)
+    result["nodes"] = {"n1": {"cpu_percent": 60.0, "cpu_s": 1.0, "rss_peak_mib": 70.0,
+                              "cpu_us_per_op": node_us}}
+    result["machine"]["cpu_us_per_op"] = machine_us
+    result["cpu_ceiling"] = runner.cpu_ceiling(result["nodes"], machine_us, 2)
+    return result
+
+
+def test_each_test_shows_the_median_cpu_ceiling_of_its_runs(tmp_path, monkeypatch, capsys):
+    runs = iter([_costly(10_000, 125.0, 50.0), _costly(10_000, 100.0, 62.5),
+                 _costly(10_000, 160.0, 40.0)])
+    monkeypatch.setattr(runner, "run", lambda target, options, progress: next(runs))
+    assert suite.main(["--only", "set", "--repeat", "3", "--target", "127.0.0.1:1",
+                       "--out", str(tmp_path), "--no-chart", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "  cpu ceiling: 16,000 ops/s for the machine (125.0 µs/op on 2 cpus), " \
+        "20,000 ops/s for n1 (50.0 µs/op on one thread)\n" in out  # each run's own
+    # The test's: machine 20,000 / 16,000 / 12,500; n1 20,000 / 16,000 / 25,000.
+    assert "  cpu ceiling at the measured costs: machine 16,000 ops/s, busiest node " \
+        "20,000 ops/s\n" in out
+    report = json.loads((tmp_path / "suite.json").read_text())
+    assert [r["cpu_ceiling"]["machine_ops"] for r in report["tests"][0]["runs"]] == [
+        16_000, 20_000, 12_500]
+    # Without /proc no cost is known: no ceiling, and no line for it.
+    assert suite.describe_ceiling([_result(10_000), dict(_result(9_000), cpu_ceiling=None)]) \
+        is None
+
+
 def test_repeat_wants_a_sensible_count(tmp_path):
     for count in ("0", str(suite.REPEAT_MAX + 1)):
         with pytest.raises(SystemExit) as exit_info:
