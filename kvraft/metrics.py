@@ -121,8 +121,7 @@ class NodeMetrics:
         """Accepted batches whose outcome was not learned, by reason (timeout)."""
         self.proposal_gathers: Counter[str] = Counter()
         """Batches a leader gathered (``raft.proposal_gather_ms``), by how the gather
-        ended: ``returned`` (every client answered last sent again), ``timeout`` or
-        ``behind`` (``gathered``)."""
+        ended: ``returned``, ``timeout`` or ``behind`` (see ``gathered``)."""
         self.failures: Counter[tuple[str, str]] = Counter()
         """Client commands answered with an error by the node, by (route, reason)."""
         self.write_seconds = Histogram(COMMAND_BUCKETS_S)

@@ -98,6 +98,7 @@ def machine_cpu_percent(before: list[int] | None,
 MACHINE_BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq")
 """The ``MACHINE_CPU_FIELDS`` that are work done on this machine: not idle, not waiting for
 a disk (``iowait``), not time the hypervisor gave to other guests (``steal``)."""
+_busy_columns = [MACHINE_CPU_FIELDS.index(name) for name in MACHINE_BUSY_FIELDS]
 
 
 def machine_busy_s(before: list[int] | None, after: list[int] | None) -> float | None:
@@ -105,8 +106,7 @@ def machine_busy_s(before: list[int] | None, after: list[int] | None) -> float |
     every process and the kernel (a loopback packet's receive runs as a softirq)."""
     if before is None or after is None:
         return None
-    busy = [MACHINE_CPU_FIELDS.index(name) for name in MACHINE_BUSY_FIELDS]
-    return sum(after[i] - before[i] for i in busy) / clock_ticks_per_s
+    return sum(after[i] - before[i] for i in _busy_columns) / clock_ticks_per_s
 
 
 def load_average() -> tuple[float, float, float]:

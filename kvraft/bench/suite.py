@@ -128,12 +128,10 @@ def describe_ceiling(results: list[dict]) -> str | None:
     target above them needs requests that cost less CPU, not less waiting."""
     ceilings = [r["cpu_ceiling"] for r in results if r.get("cpu_ceiling")]
     parts = []
-    machine = [c["machine_ops"] for c in ceilings if "machine_ops" in c]
-    if machine:
-        parts.append(f"machine {statistics.median(machine):,.0f} ops/s")
-    node = [c["node_ops"] for c in ceilings if "node_ops" in c]
-    if node:
-        parts.append(f"busiest node {statistics.median(node):,.0f} ops/s")
+    for key, label in (("machine_ops", "machine"), ("node_ops", "busiest node")):
+        values = [c[key] for c in ceilings if key in c]
+        if values:
+            parts.append(f"{label} {statistics.median(values):,.0f} ops/s")
     return f"  cpu ceiling at the measured costs: {', '.join(parts)}" if parts else None
 
 
